@@ -1,0 +1,808 @@
+//! [`CacheService`], the Tower service: glue between the policy, keys, entries, store and fills.
+//!
+//! The request path, in order:
+//!
+//! 1. [`Policy::classify`](crate::policy::Policy::classify) on the request head. A bypass calls the
+//!    inner service straight away; its future is a state of [`ResponseFuture`], unboxed, and
+//!    costs no store I/O and no allocation.
+//! 2. The request target is canonicalised ([`key`](crate::key)); a target that cannot be keyed
+//!    safely is a bypass too.
+//! 3. The store is read under the read deadline and the circuit breaker. A store error is a
+//!    bypass. A hit that decodes, belongs to this request and is fresh answers the request; the
+//!    readied inner service is dropped unused.
+//! 4. A miss joins the key's fill ([`coalesce`](crate::coalesce)): the leader's fill runs in a
+//!    task of its own, forwards the body to its client as it arrives and stores a copy in the
+//!    background; followers answer with the stored copy, or call the inner service themselves
+//!    when it could not be shared.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{AGE, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::sync::{mpsc, oneshot};
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::body::{pump, CacheBody, Collected};
+use crate::coalesce::{follow, FillOutcome, FlightGuard, Join};
+use crate::entry::{StoredEntry, StoredResponse, VaryMarker};
+use crate::headers::{CacheOutcome, CacheStatus};
+use crate::key::{vary_values, CanonicalTarget, RequestKey};
+use crate::layer::{Config, State};
+use crate::policy::{
+    is_hop_by_hop, vary_list, Freshness, NotStorable, RequestDecision, RequestInfo, VaryList,
+};
+use crate::stats::bump;
+
+/// Header name of RFC 9211's `Cache-Status`.
+pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Frames a fill may run ahead of a slow client.
+const FORWARD_BUFFER: usize = 16;
+
+/// The service made by [`CacheLayer`](crate::CacheLayer): caches the responses of `S`.
+///
+/// Cloning is cheap (the inner service's clone and two `Arc`s). `poll_ready` is the inner
+/// service's; a request that is answered from the cache drops the readied inner service unused.
+pub struct CacheService<S> {
+    inner: S,
+    config: Arc<Config>,
+    state: Arc<State>,
+}
+
+impl<S: Clone> Clone for CacheService<S> {
+    fn clone(&self) -> Self {
+        CacheService {
+            inner: self.inner.clone(),
+            config: Arc::clone(&self.config),
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for CacheService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheService").finish_non_exhaustive()
+    }
+}
+
+impl<S> CacheService<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>, state: Arc<State>) -> Self {
+        CacheService {
+            inner,
+            config,
+            state,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+type BoxedResponse<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
+
+pin_project! {
+    /// The future of [`CacheService`]: either the inner service's own future (a bypass) or the
+    /// cache path.
+    pub struct ResponseFuture<F, B: Body, E> {
+        #[pin]
+        kind: FutureKind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = FutureKindProj]
+    enum FutureKind<F, B: Body, E> {
+        Bypass { #[pin] future: F, status: Option<HeaderValue>, detail: &'static str },
+        Cached { future: BoxedResponse<B, E> },
+    }
+}
+
+impl<F, B: Body, E> std::fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<CacheBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            FutureKindProj::Bypass {
+                future,
+                status,
+                detail,
+            } => {
+                let response = match future.poll(cx) {
+                    Poll::Ready(Ok(response)) => response,
+                    Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                    Poll::Pending => return Poll::Pending,
+                };
+                let mut response = response.map(CacheBody::inner);
+                if let Some(status) = status.take() {
+                    response.headers_mut().insert(CACHE_STATUS.clone(), status);
+                }
+                response
+                    .extensions_mut()
+                    .insert(CacheStatus::bypass(detail));
+                Poll::Ready(Ok(response))
+            }
+            FutureKindProj::Cached { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Send + 'static,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let config = &self.config;
+        let decision =
+            config
+                .policy
+                .classify(request.method(), request.uri().path(), request.headers());
+        let info = match decision {
+            RequestDecision::Bypass(reason) => {
+                self.state.counters.bypassed(reason);
+                tracing::trace!(target: "tower_response_cache", outcome = "bypass", reason = reason.as_str());
+                return self.bypass(
+                    request,
+                    config.bypass_status(reason).cloned(),
+                    reason.as_str(),
+                );
+            }
+            RequestDecision::Cache(info) => info,
+        };
+        let target = match config.deriver.canonicalize(
+            request.method(),
+            request.uri(),
+            request.headers(),
+        ) {
+            Ok(target) => target,
+            Err(rejection) => {
+                bump(&self.state.counters.uri_rejected);
+                tracing::debug!(target: "tower_response_cache", outcome = "bypass", reason = rejection.as_str());
+                let status =
+                    CacheStatus::bypass(rejection.as_str()).header_value(&config.cache_name);
+                return self.bypass(request, Some(status), rejection.as_str());
+            }
+        };
+        // The readied service is the one that must be called: take it, leave a clone behind.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let job = Job {
+            config: Arc::clone(&self.config),
+            state: Arc::clone(&self.state),
+            info,
+            target,
+        };
+        ResponseFuture {
+            kind: FutureKind::Cached {
+                future: Box::pin(job.run(ready, request)),
+            },
+        }
+    }
+}
+
+impl<S> CacheService<S> {
+    fn bypass<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+        status: Option<HeaderValue>,
+        detail: &'static str,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Body,
+    {
+        ResponseFuture {
+            kind: FutureKind::Bypass {
+                future: self.inner.call(request),
+                status,
+                detail,
+            },
+        }
+    }
+}
+
+/// Everything the cache path of one request needs.
+struct Job {
+    config: Arc<Config>,
+    state: Arc<State>,
+    info: RequestInfo,
+    target: CanonicalTarget,
+}
+
+/// What a store lookup found.
+enum Lookup {
+    /// A fresh entry for this request.
+    Fresh(Box<StoredResponse>, u64),
+    /// Nothing usable; fill under this key.
+    Miss(RequestKey),
+    /// The store failed: behave as if there were no cache.
+    Unavailable(&'static str),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Job {
+    async fn run<S, ReqBody, ResBody>(
+        self,
+        ready: S,
+        request: Request<ReqBody>,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body + Send + 'static,
+        ResBody::Data: Send,
+        ResBody::Error: Send + 'static,
+    {
+        let base = self
+            .config
+            .deriver
+            .request_key(request.method(), &self.target, &[]);
+        let key = match self
+            .lookup(&base, request.method(), request.headers())
+            .await
+        {
+            Lookup::Fresh(entry, resident) => {
+                drop(ready);
+                bump(&self.state.counters.hits);
+                tracing::trace!(target: "tower_response_cache", outcome = "hit");
+                return Ok(self.answer(&entry, resident, CacheOutcome::Hit));
+            }
+            Lookup::Unavailable(kind) => {
+                tracing::debug!(target: "tower_response_cache", outcome = "bypass", reason = "store-error", kind);
+                let status = CacheStatus::bypass("store-unavailable");
+                let response = ready.oneshot(request).await?;
+                return Ok(self.mark(response.map(CacheBody::inner), status));
+            }
+            Lookup::Miss(key) => key,
+        };
+        bump(&self.state.counters.misses);
+        if self.info.only_if_cached {
+            drop(ready);
+            return Ok(gateway_timeout());
+        }
+        // A stored HEAD response must never answer a GET: HEAD misses are passed through.
+        if self.info.is_head {
+            let status = CacheStatus {
+                outcome: CacheOutcome::Miss,
+                stored: false,
+                ttl: None,
+                detail: Some("head"),
+            };
+            let response = ready.oneshot(request).await?;
+            return Ok(self.mark(response.map(CacheBody::inner), status));
+        }
+        if self.state.flights.is_pass(key.entry_key()) {
+            return self.fill(ready, request, None).await;
+        }
+        match self.state.flights.join(key.entry_key()) {
+            Join::Leader(guard) => self.fill(ready, request, Some(guard)).await,
+            Join::Follower(slot) => {
+                // Waiting costs no capacity of the inner service: give the readied one back.
+                let spare = ready.clone();
+                drop(ready);
+                match follow(slot, self.config.lock_wait).await {
+                    FillOutcome::Stored(entry) if self.shares(&entry, &request) => {
+                        bump(&self.state.counters.collapsed);
+                        Ok(self.answer(&entry, 0, CacheOutcome::Collapsed))
+                    }
+                    _ => self.fill(spare, request, None).await,
+                }
+            }
+        }
+    }
+
+    /// Read the entry for this request (following a Vary marker to the variant's entry).
+    async fn lookup(&self, base: &RequestKey, method: &Method, headers: &HeaderMap) -> Lookup {
+        let entry = match self.read(base).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Lookup::Miss(base.clone()),
+            Err(kind) => return Lookup::Unavailable(kind),
+        };
+        let (entry, key) = match entry {
+            StoredEntry::Response(response) => (response, base.clone()),
+            StoredEntry::Vary(marker) => {
+                let values = vary_values(&marker.fields, headers);
+                let variant = self
+                    .config
+                    .deriver
+                    .request_key(method, &self.target, &values);
+                match self.read(&variant).await {
+                    Ok(Some(StoredEntry::Response(response))) => (response, variant),
+                    Ok(Some(StoredEntry::Vary(_))) | Ok(None) => return Lookup::Miss(variant),
+                    Err(kind) => return Lookup::Unavailable(kind),
+                }
+            }
+        };
+        let now = now_ms();
+        let resident = now.saturating_sub(entry.stored_at_ms) / 1000;
+        if resident < u64::from(entry.ttl_secs) && !self.info.no_cache {
+            Lookup::Fresh(Box::new(entry), resident)
+        } else {
+            Lookup::Miss(key)
+        }
+    }
+
+    /// Read and decode one entry. Anything wrong with the bytes is a miss, and the value is
+    /// deleted in the background.
+    async fn read(&self, key: &RequestKey) -> Result<Option<StoredEntry>, &'static str> {
+        let config = &self.config;
+        let counters = &self.state.counters;
+        let bytes = self
+            .state
+            .guard
+            .run(config.read_deadline, config.store.get(key.entry_key()))
+            .await;
+        let bytes = match bytes {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            Err(err) if err.kind() == crate::StoreErrorKind::Corrupt => {
+                counters.store_error(err.kind());
+                bump(&counters.decode_errors);
+                self.delete_in_background(key.entry_key().to_owned());
+                return Ok(None);
+            }
+            Err(err) => {
+                counters.store_error(err.kind());
+                return Err(err.kind().as_str());
+            }
+        };
+        match config.codec.decode(&bytes, config.max_entry_len()) {
+            Ok(entry) if entry.request_digest() == key.request_digest().as_bytes() => {
+                Ok(Some(entry))
+            }
+            Ok(_) => {
+                bump(&counters.foreign_entries);
+                tracing::warn!(target: "tower_response_cache", "a stored entry belongs to another request; treated as a miss");
+                self.delete_in_background(key.entry_key().to_owned());
+                Ok(None)
+            }
+            Err(err) => {
+                bump(&counters.decode_errors);
+                tracing::warn!(target: "tower_response_cache", error = err.as_str(), "a stored entry failed to decode; deleted");
+                self.delete_in_background(key.entry_key().to_owned());
+                Ok(None)
+            }
+        }
+    }
+
+    fn delete_in_background(&self, key: String) {
+        let config = Arc::clone(&self.config);
+        let state = Arc::clone(&self.state);
+        spawn_write(&self.state, async move {
+            let _ = state
+                .guard
+                .run(config.write_deadline, config.store.delete(&key))
+                .await;
+        });
+    }
+
+    /// Whether a fill's stored response may answer this request too (same variant).
+    fn shares<B>(&self, entry: &StoredResponse, request: &Request<B>) -> bool {
+        let fields = match vary_list(&entry.headers) {
+            VaryList::Star => return false,
+            VaryList::Fields(fields) => fields,
+        };
+        let values = vary_values(&fields, request.headers());
+        let key = self
+            .config
+            .deriver
+            .request_key(request.method(), &self.target, &values);
+        key.request_digest().as_bytes() == &entry.request_digest
+    }
+
+    /// A response built from a stored entry.
+    fn answer<B: Body>(
+        &self,
+        entry: &StoredResponse,
+        resident: u64,
+        outcome: CacheOutcome,
+    ) -> Response<CacheBody<B>> {
+        let body = if self.info.is_head {
+            CacheBody::empty()
+        } else {
+            CacheBody::full(entry.body.clone(), entry.trailers.clone())
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = entry.headers.clone();
+        let age = u64::from(entry.initial_age_secs).saturating_add(resident);
+        response.headers_mut().insert(AGE, HeaderValue::from(age));
+        let ttl = i64::from(entry.ttl_secs) - i64::try_from(resident).unwrap_or(i64::MAX);
+        let status = CacheStatus {
+            outcome,
+            stored: outcome == CacheOutcome::Collapsed,
+            ttl: Some(ttl),
+            detail: None,
+        };
+        self.mark(response, status)
+    }
+
+    fn mark<B>(&self, mut response: Response<B>, status: CacheStatus) -> Response<B> {
+        response.headers_mut().insert(
+            CACHE_STATUS.clone(),
+            status.header_value(&self.config.cache_name),
+        );
+        response.extensions_mut().insert(status);
+        response
+    }
+
+    /// Call the inner service in a task of its own and store what it answers, if it may be
+    /// stored. `guard` is the flight this fill leads, if any.
+    async fn fill<S, ReqBody, ResBody>(
+        self,
+        service: S,
+        request: Request<ReqBody>,
+        guard: Option<FlightGuard>,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body + Send + 'static,
+        ResBody::Data: Send,
+        ResBody::Error: Send + 'static,
+    {
+        let method = request.method().clone();
+        let request_headers = request.headers().clone();
+        let (reply, answer) = oneshot::channel();
+        let fill = Fill {
+            job: self,
+            method,
+            request_headers,
+            guard,
+        };
+        let task = tokio::spawn(fill.run(service, request, reply));
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => match task.await {
+                // The inner service panicked: the request fails as it would without the cache.
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                _ => panic!(
+                    "the cache fill task was cancelled before it answered (runtime shutting down)"
+                ),
+            },
+        }
+    }
+}
+
+/// A fill in its own task: the inner call, the storability decision, the body pump and the write.
+struct Fill {
+    job: Job,
+    method: Method,
+    request_headers: HeaderMap,
+    guard: Option<FlightGuard>,
+}
+
+type Reply<B, E> = oneshot::Sender<Result<Response<CacheBody<B>>, E>>;
+
+impl Fill {
+    async fn run<S, ReqBody, ResBody>(
+        mut self,
+        service: S,
+        request: Request<ReqBody>,
+        reply: Reply<ResBody, S::Error>,
+    ) where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+        S::Future: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body + Send + 'static,
+        ResBody::Error: Send + 'static,
+    {
+        let counters = &self.job.state.counters;
+        bump(&counters.fills_in_flight);
+        let _in_flight = InFlight(Arc::clone(&self.job.state));
+        let request_time = SystemTime::now();
+        let response = match service.oneshot(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                self.end(FillOutcome::Failed);
+                let _ = reply.send(Err(err));
+                return;
+            }
+        };
+        let response_time = SystemTime::now();
+        let decision = self.storability(&response, request_time, response_time);
+        let (key, freshness) = match decision {
+            Ok(decided) => decided,
+            Err(reason) => {
+                self.job.state.counters.not_stored(reason);
+                tracing::debug!(target: "tower_response_cache", outcome = "miss", not_stored = reason.as_str());
+                if let Some(guard) = &self.guard {
+                    self.job.state.flights.mark_pass(guard.key());
+                }
+                self.end(FillOutcome::NotShareable);
+                let status = CacheStatus {
+                    outcome: CacheOutcome::Miss,
+                    stored: false,
+                    ttl: None,
+                    detail: Some(reason.as_str()),
+                };
+                let _ = reply.send(Ok(self.job.mark(response.map(CacheBody::inner), status)));
+                return;
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let stored_headers = storable_headers(&parts.headers);
+        let (frames, forwarded) = mpsc::channel(FORWARD_BUFFER);
+        let mut client =
+            Response::from_parts(parts, CacheBody::forwarded(forwarded, body.size_hint()));
+        let status = CacheStatus {
+            outcome: CacheOutcome::Miss,
+            stored: true,
+            ttl: Some(i64::try_from(freshness.ttl.as_secs()).unwrap_or(i64::MAX)),
+            detail: None,
+        };
+        client = self.job.mark(client, status);
+        let status_code = client.status();
+        let _ = reply.send(Ok(client));
+
+        let collected = pump(body, frames, self.job.config.max_body_size).await;
+        let (data, trailers) = match collected {
+            Collected::Complete { data, trailers } => (data, trailers),
+            Collected::TooLarge | Collected::Incomplete => {
+                let reason = if matches!(collected, Collected::TooLarge) {
+                    NotStorable::TooLarge
+                } else {
+                    NotStorable::Incomplete
+                };
+                self.job.state.counters.not_stored(reason);
+                self.job.state.flights.mark_pass(key.entry_key());
+                self.end(FillOutcome::NotShareable);
+                return;
+            }
+        };
+        let entry = StoredResponse {
+            request_digest: *key.request_digest().as_bytes(),
+            target_digest: *key.target_digest().as_bytes(),
+            stored_at_ms: now_ms(),
+            ttl_secs: secs_u32(freshness.ttl),
+            initial_age_secs: secs_u32(freshness.initial_age),
+            stale_while_revalidate_secs: secs_u32(freshness.stale_while_revalidate),
+            stale_if_error_secs: secs_u32(freshness.stale_if_error),
+            status: status_code,
+            headers: stored_headers,
+            body: data,
+            trailers,
+            tags: Vec::new(),
+        };
+        let entry = Arc::new(entry);
+        let mut guard = self.guard.take();
+        if let Some(guard) = guard.as_mut() {
+            guard.publish(FillOutcome::Stored(Arc::clone(&entry)));
+        }
+        self.job.state.flights.clear_pass(key.entry_key());
+        // The flight stays open until the write has landed (the guard moves into the write).
+        self.store(&key, &entry, &freshness, guard);
+    }
+
+    fn end(&mut self, outcome: FillOutcome) {
+        if let Some(guard) = self.guard.take() {
+            guard.finish(outcome);
+        }
+    }
+
+    /// Whether the response may be stored, under which key and for how long.
+    fn storability<B: Body>(
+        &self,
+        response: &Response<B>,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> Result<(RequestKey, Freshness), NotStorable> {
+        let config = &self.job.config;
+        let headers = response.headers();
+        let freshness = config.policy.storability(
+            &self.job.info,
+            response.status(),
+            headers,
+            response.extensions(),
+            request_time,
+            response_time,
+        )?;
+        if is_event_stream(headers) {
+            return Err(NotStorable::EventStream);
+        }
+        let too_large = content_length(headers)
+            .map(|len| len > config.max_body_size as u64)
+            .unwrap_or(false)
+            || response
+                .body()
+                .size_hint()
+                .exact()
+                .is_some_and(|len| len > config.max_body_size as u64);
+        if too_large {
+            return Err(NotStorable::TooLarge);
+        }
+        let fields = match vary_list(headers) {
+            VaryList::Star => return Err(NotStorable::VaryStar),
+            VaryList::Fields(fields) => fields,
+        };
+        let values = vary_values(&fields, &self.request_headers);
+        let key = config
+            .deriver
+            .request_key(&self.method, &self.job.target, &values);
+        Ok((key, freshness))
+    }
+
+    /// Write the entry (and its Vary marker) in the background, bounded by the write queue.
+    fn store(
+        &self,
+        key: &RequestKey,
+        entry: &StoredResponse,
+        freshness: &Freshness,
+        flight: Option<FlightGuard>,
+    ) {
+        let config = Arc::clone(&self.job.config);
+        let state = Arc::clone(&self.job.state);
+        // Entries outlive their freshness by their stale windows, so stale copies can be used.
+        let linger = freshness
+            .stale_while_revalidate
+            .max(freshness.stale_if_error);
+        let ttl = freshness
+            .ttl
+            .saturating_add(linger)
+            .max(Duration::from_secs(1));
+        let fields = match vary_list(&entry.headers) {
+            VaryList::Fields(fields) => fields,
+            VaryList::Star => return,
+        };
+        let marker = if fields.is_empty() {
+            None
+        } else {
+            let base = config
+                .deriver
+                .request_key(&self.method, &self.job.target, &[]);
+            let marker = StoredEntry::Vary(VaryMarker {
+                request_digest: *base.request_digest().as_bytes(),
+                stored_at_ms: entry.stored_at_ms,
+                ttl_secs: secs_u32(ttl),
+                fields,
+            });
+            Some((base.entry_key().to_owned(), config.codec.encode(&marker)))
+        };
+        let value = config.codec.encode(&StoredEntry::Response(entry.clone()));
+        let entry_key = key.entry_key().to_owned();
+        spawn_write(&self.job.state, async move {
+            let _flight = flight;
+            if let Some((marker_key, marker)) = marker {
+                let written = state
+                    .guard
+                    .run(
+                        config.write_deadline,
+                        config.store.put(&marker_key, marker, ttl),
+                    )
+                    .await;
+                if let Err(err) = written {
+                    state.counters.store_error(err.kind());
+                    return;
+                }
+            }
+            match state
+                .guard
+                .run(
+                    config.write_deadline,
+                    config.store.put(&entry_key, value, ttl),
+                )
+                .await
+            {
+                Ok(()) => bump(&state.counters.stores),
+                Err(err) => {
+                    state.counters.store_error(err.kind());
+                    tracing::debug!(target: "tower_response_cache", kind = err.kind().as_str(), "store write failed");
+                }
+            }
+        });
+    }
+}
+
+/// Counts a fill as in flight for as long as it lives.
+struct InFlight(Arc<State>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .fills_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Run a background store call if the write queue has room; count it as dropped otherwise.
+fn spawn_write<F>(state: &Arc<State>, write: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match Arc::clone(&state.writes).try_acquire_owned() {
+        Ok(permit) => {
+            tokio::spawn(async move {
+                write.await;
+                drop(permit);
+            });
+        }
+        Err(_) => bump(&state.counters.writes_dropped),
+    }
+}
+
+fn secs_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// The response headers worth storing: all but hop-by-hop fields and the cache's own.
+fn storable_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut stored = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if is_hop_by_hop(name, headers) || name == CACHE_STATUS || name == AGE {
+            continue;
+        }
+        stored.append(name.clone(), value.clone());
+    }
+    stored
+}
+
+/// `only-if-cached` on a miss (RFC 9111 5.2.1.7): generated here, so no `Cache-Status`.
+fn gateway_timeout<B: Body>() -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::empty());
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
+}

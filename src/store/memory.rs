@@ -1,0 +1,196 @@
+//! The in-process store: a moka cache bounded by bytes, with a TTL per value.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::sync::Cache;
+use moka::Expiry;
+
+use super::{Store, StoreFuture};
+
+/// Default byte budget of a [`MemoryStore`]: 64 MiB.
+const DEFAULT_CAPACITY: u64 = 64 * 1024 * 1024;
+
+/// An in-process store bounded by the bytes it holds (keys and values), with a TTL per value.
+///
+/// It is the embedded default: the demo, tests and single-instance services use it when no Redis
+/// URL is configured. Entries live in this process only; several instances each keep their own.
+///
+/// # Example
+///
+/// ```
+/// use tower_response_cache::{CacheLayer, MemoryStore};
+///
+/// // At most 16 MiB of keys and entries.
+/// let layer = CacheLayer::new(MemoryStore::with_capacity(16 * 1024 * 1024));
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    cache: Cache<String, Value>,
+    capacity: u64,
+}
+
+#[derive(Clone)]
+struct Value {
+    bytes: Bytes,
+    ttl: Duration,
+}
+
+/// Each value expires after its own TTL, counted from its latest write.
+struct PerValueTtl;
+
+impl Expiry<String, Value> for PerValueTtl {
+    fn expire_after_create(&self, _key: &String, value: &Value, _at: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Value,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+impl MemoryStore {
+    /// A store holding at most 64 MiB.
+    pub fn new() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+
+    /// A store holding at most `bytes` bytes of keys and values.
+    pub fn with_capacity(bytes: u64) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(bytes)
+            .weigher(|key: &String, value: &Value| {
+                let size = key.len().saturating_add(value.bytes.len());
+                u32::try_from(size).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerValueTtl)
+            .build();
+        MemoryStore {
+            cache,
+            capacity: bytes,
+        }
+    }
+
+    /// The byte budget.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes currently held (after pending maintenance has run).
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+
+    /// Number of values currently held (after pending maintenance has run).
+    pub fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    /// Whether the store holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every key currently held (for purges and tests; walks the whole store).
+    pub fn keys(&self) -> Vec<String> {
+        self.cache.iter().map(|(key, _)| (*key).clone()).collect()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("capacity", &self.capacity)
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+impl Store for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        let value = self.cache.get(key).map(|value| value.bytes);
+        Box::pin(async move { Ok(value) })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        let ttl = ttl.max(Duration::from_secs(1));
+        self.cache
+            .insert(key.to_owned(), Value { bytes: value, ttl });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        self.cache.invalidate(key);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn values_round_trip_and_delete() {
+        let store = MemoryStore::new();
+        store
+            .put("k", Bytes::from_static(b"v"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        store.delete("k").await.unwrap();
+        assert_eq!(store.get("k").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_store_stays_within_its_byte_budget() {
+        let store = MemoryStore::with_capacity(10_000);
+        for i in 0..100 {
+            let key = format!("key-{i}");
+            store
+                .put(&key, Bytes::from(vec![0u8; 1000]), Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        assert!(store.weighted_size() <= 10_000, "{}", store.weighted_size());
+        assert!(store.len() < 100);
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_takes_the_new_ttl_and_values_expire() {
+        let store = MemoryStore::new();
+        store
+            .put("k", Bytes::from_static(b"a"), Duration::from_secs(3600))
+            .await
+            .unwrap();
+        store
+            .put("k", Bytes::from_static(b"b"), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"b"[..]));
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(store.get("k").await.unwrap(), None);
+    }
+}

@@ -1,0 +1,8 @@
+//! Shared helpers for the integration tests.
+//!
+//! Each test binary pulls this in with `mod support;` and uses only part of
+//! it, hence the blanket `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod origin;
+pub mod redis_server;
