@@ -11,6 +11,7 @@ use crate::breaker::Guard;
 use crate::coalesce::Flights;
 use crate::entry::EntryCodec;
 use crate::error::Error;
+use crate::events::Events;
 use crate::headers::{is_valid_cache_name, CacheStatus};
 use crate::key::KeyDeriver;
 use crate::policy::{BypassReason, Mode, Policy, Route};
@@ -40,7 +41,12 @@ pub(crate) struct Config {
     pub(crate) read_deadline: Duration,
     pub(crate) write_deadline: Duration,
     pub(crate) lock_wait: Duration,
+    pub(crate) lock_ttl: Duration,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
     pub(crate) cache_name: String,
+    /// `<namespace>:events`.
+    pub(crate) events_channel: String,
     /// `Cache-Status` of a bypass, one per [`BypassReason::ALL`] entry, built once.
     pub(crate) bypass_status: Vec<HeaderValue>,
 }
@@ -49,6 +55,7 @@ impl Config {
     fn rebuild(&mut self) {
         self.deriver = KeyDeriver::new(&self.secret, &self.namespace, &self.version);
         self.codec = EntryCodec::new(&self.secret);
+        self.events_channel = format!("{}:events", self.namespace);
         self.bypass_status = BypassReason::ALL
             .iter()
             .map(|reason| CacheStatus::bypass(reason.as_str()).header_value(&self.cache_name))
@@ -73,6 +80,7 @@ pub(crate) struct State {
     pub(crate) guard: Guard,
     pub(crate) flights: Arc<Flights>,
     pub(crate) writes: Arc<Semaphore>,
+    pub(crate) events: Arc<Events>,
 }
 
 impl State {
@@ -82,6 +90,7 @@ impl State {
             guard: Guard::new(threshold, cool_down),
             flights: Arc::new(Flights::default()),
             writes: Arc::new(Semaphore::new(write_queue.max(1))),
+            events: Arc::new(Events::default()),
         }
     }
 }
@@ -104,6 +113,8 @@ impl State {
 /// | deadline on a store read | 20 ms |
 /// | deadline on a background write | 100 ms |
 /// | longest wait behind another request's fill | 3 s |
+/// | fill lock expiry | 10 s |
+/// | stale-while-revalidate / stale-if-error windows | 0 (only what the origin allows) |
 /// | circuit breaker | open after 5 consecutive failures, probe after 1 s |
 /// | background write queue | 1024 writes |
 /// | key namespace / version | `trc` / `v1` |
@@ -173,7 +184,11 @@ impl CacheLayer {
             read_deadline: Duration::from_millis(20),
             write_deadline: Duration::from_millis(100),
             lock_wait: Duration::from_secs(3),
+            lock_ttl: Duration::from_secs(10),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
             cache_name: "trc".to_owned(),
+            events_channel: String::new(),
             bypass_status: Vec::new(),
         };
         config.rebuild();
@@ -361,6 +376,29 @@ impl CacheLayer {
         self
     }
 
+    /// How long a fill lock is held at most before it expires by itself (default 10 s). Other
+    /// instances wait for the fill (at most the lock wait) instead of calling the origin too.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.config_mut().lock_ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Serve an expired entry for up to `window` after its expiry while one background request
+    /// refreshes it (default 0: only what the origin's `stale-while-revalidate` allows). The
+    /// origin's `must-revalidate`, `proxy-revalidate`, `s-maxage` and `no-cache` turn it off.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.config_mut().stale_while_revalidate = window;
+        self
+    }
+
+    /// When the inner service fails (an error or a 5xx), answer with an entry that expired less
+    /// than `window` ago (default 0: only what the origin's `stale-if-error` allows). Turned off
+    /// by the same directives as [`CacheLayer::stale_while_revalidate`].
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.config_mut().stale_if_error = window;
+        self
+    }
+
     /// Circuit breaker: open after `failures` consecutive store failures, probe again after
     /// `cool_down` (default 5 and 1 s).
     pub fn breaker(mut self, failures: u32, cool_down: Duration) -> Self {
@@ -441,6 +479,10 @@ impl<S> Layer<S> for CacheLayer {
     type Service = CacheService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        // Subscribe to the events channel as soon as a runtime is there to run it.
+        self.state
+            .events
+            .start(&self.config.store, &self.config.events_channel);
         CacheService::new(inner, Arc::clone(&self.config), Arc::clone(&self.state))
     }
 }

@@ -117,6 +117,7 @@ mod breaker;
 mod coalesce;
 pub mod entry;
 mod error;
+mod events;
 mod headers;
 pub mod key;
 mod layer;

@@ -32,11 +32,13 @@ use tower_service::Service;
 use crate::body::{pump, CacheBody, Collected};
 use crate::coalesce::{follow, FillOutcome, FlightGuard, Join};
 use crate::entry::{StoredEntry, StoredResponse, VaryMarker};
+use crate::events::Event;
 use crate::headers::{CacheOutcome, CacheStatus};
 use crate::key::{vary_values, CanonicalTarget, RequestKey};
 use crate::layer::{Config, State};
 use crate::policy::{
-    is_hop_by_hop, vary_list, Freshness, NotStorable, RequestDecision, RequestInfo, VaryList,
+    is_hop_by_hop, vary_list, CacheControl, Freshness, NotStorable, RequestDecision, RequestInfo,
+    VaryList,
 };
 use crate::stats::bump;
 
@@ -203,6 +205,7 @@ where
             state: Arc::clone(&self.state),
             info,
             target,
+            generation: 0,
         };
         ResponseFuture {
             kind: FutureKind::Cached {
@@ -234,17 +237,22 @@ impl<S> CacheService<S> {
 }
 
 /// Everything the cache path of one request needs.
+#[derive(Clone)]
 struct Job {
     config: Arc<Config>,
     state: Arc<State>,
     info: RequestInfo,
     target: CanonicalTarget,
+    /// The path's purge generation when the lookup ran: fills are fenced with it.
+    generation: u64,
 }
 
 /// What a store lookup found.
 enum Lookup {
     /// A fresh entry for this request.
     Fresh(Box<StoredResponse>, u64),
+    /// An expired entry still inside one of its stale windows, and the key to refill.
+    Stale(Box<StoredResponse>, u64, RequestKey),
     /// Nothing usable; fill under this key.
     Miss(RequestKey),
     /// The store failed: behave as if there were no cache.
@@ -258,9 +266,14 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Seconds an entry has been expired for, given its time in the cache.
+fn stale_by(entry: &StoredResponse, resident: u64) -> u64 {
+    resident.saturating_sub(u64::from(entry.ttl_secs))
+}
+
 impl Job {
     async fn run<S, ReqBody, ResBody>(
-        self,
+        mut self,
         ready: S,
         request: Request<ReqBody>,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
@@ -277,7 +290,7 @@ impl Job {
             .config
             .deriver
             .request_key(request.method(), &self.target, &[]);
-        let key = match self
+        let (key, stale) = match self
             .lookup(&base, request.method(), request.headers())
             .await
         {
@@ -285,7 +298,7 @@ impl Job {
                 drop(ready);
                 bump(&self.state.counters.hits);
                 tracing::trace!(target: "tower_response_cache", outcome = "hit");
-                return Ok(self.answer(&entry, resident, CacheOutcome::Hit));
+                return Ok(self.answer(&entry, resident, CacheOutcome::Hit, None));
             }
             Lookup::Unavailable(kind) => {
                 tracing::debug!(target: "tower_response_cache", outcome = "bypass", reason = "store-error", kind);
@@ -293,7 +306,21 @@ impl Job {
                 let response = ready.oneshot(request).await?;
                 return Ok(self.mark(response.map(CacheBody::inner), status));
             }
-            Lookup::Miss(key) => key,
+            Lookup::Stale(entry, resident, key) => {
+                if stale_by(&entry, resident) < u64::from(entry.stale_while_revalidate_secs) {
+                    bump(&self.state.counters.stale_hits);
+                    let answer = self.answer(
+                        &entry,
+                        resident,
+                        CacheOutcome::Stale,
+                        Some("stale-while-revalidate"),
+                    );
+                    self.refresh(ready, request, key);
+                    return Ok(answer);
+                }
+                (key, Some((entry, resident)))
+            }
+            Lookup::Miss(key) => (key, None),
         };
         bump(&self.state.counters.misses);
         if self.info.only_if_cached {
@@ -308,32 +335,212 @@ impl Job {
                 ttl: None,
                 detail: Some("head"),
             };
-            let response = ready.oneshot(request).await?;
-            return Ok(self.mark(response.map(CacheBody::inner), status));
+            let response = ready.oneshot(request).await;
+            let response = response.map(|r| self.mark(r.map(CacheBody::inner), status));
+            return self.or_stale(response, stale);
         }
+        let filled = self.coalesced_fill(ready, request, &base, &key).await;
+        self.or_stale(filled, stale)
+    }
+
+    /// The miss path: lead the fill (taking the shared fill lock where the store is shared) or
+    /// follow the one in flight.
+    async fn coalesced_fill<S, ReqBody, ResBody>(
+        &self,
+        ready: S,
+        request: Request<ReqBody>,
+        base: &RequestKey,
+        key: &RequestKey,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body + Send + 'static,
+        ResBody::Data: Send,
+        ResBody::Error: Send + 'static,
+    {
         if self.state.flights.is_pass(key.entry_key()) {
-            return self.fill(ready, request, None).await;
+            return self.clone().fill(ready, request, None, None).await;
         }
-        match self.state.flights.join(key.entry_key()) {
-            Join::Leader(guard) => self.fill(ready, request, Some(guard)).await,
+        let mut guard = match self.state.flights.join(key.entry_key()) {
+            Join::Leader(guard) => guard,
             Join::Follower(slot) => {
                 // Waiting costs no capacity of the inner service: give the readied one back.
                 let spare = ready.clone();
                 drop(ready);
-                match follow(slot, self.config.lock_wait).await {
+                return match follow(slot, self.config.lock_wait).await {
                     FillOutcome::Stored(entry) if self.shares(&entry, &request) => {
                         bump(&self.state.counters.collapsed);
-                        Ok(self.answer(&entry, 0, CacheOutcome::Collapsed))
+                        Ok(self.answer(&entry, 0, CacheOutcome::Collapsed, None))
                     }
-                    _ => self.fill(spare, request, None).await,
+                    _ => self.clone().fill(spare, request, None, None).await,
+                };
+            }
+        };
+        if !self.config.store.is_shared() {
+            return self.clone().fill(ready, request, Some(guard), None).await;
+        }
+        let lock = HeldLock::new(self, key);
+        let config = &self.config;
+        let taken = self
+            .state
+            .guard
+            .run(
+                config.read_deadline,
+                config
+                    .store
+                    .try_lock(&lock.lock_key, &lock.token, config.lock_ttl),
+            )
+            .await;
+        match taken {
+            Ok(true) => {
+                bump(&self.state.counters.locks_acquired);
+                self.clone()
+                    .fill(ready, request, Some(guard), Some(lock))
+                    .await
+            }
+            Ok(false) => {
+                lock.disarm();
+                bump(&self.state.counters.locks_waited);
+                let spare = ready.clone();
+                drop(ready);
+                let (method, headers) = (request.method().clone(), request.headers().clone());
+                match self
+                    .wait_for_remote_fill(base, key, &method, &headers)
+                    .await
+                {
+                    Some((entry, resident)) => {
+                        bump(&self.state.counters.collapsed);
+                        let shared = Arc::new((*entry).clone());
+                        guard.publish(FillOutcome::Stored(shared));
+                        drop(guard);
+                        Ok(self.answer(&entry, resident, CacheOutcome::Collapsed, None))
+                    }
+                    None => {
+                        bump(&self.state.counters.lock_timeouts);
+                        self.clone().fill(spare, request, Some(guard), None).await
+                    }
                 }
+            }
+            Err(err) => {
+                // The lock is an efficiency lock: without it, local coalescing still holds.
+                lock.disarm();
+                self.state.counters.store_error(err.kind());
+                self.clone().fill(ready, request, Some(guard), None).await
             }
         }
     }
 
-    /// Read the entry for this request (following a Vary marker to the variant's entry).
-    async fn lookup(&self, base: &RequestKey, method: &Method, headers: &HeaderMap) -> Lookup {
-        let entry = match self.read(base).await {
+    /// Wait (at most the lock wait) for another instance's fill of `key`, woken by its fill
+    /// event, then read the entry again.
+    async fn wait_for_remote_fill(
+        &self,
+        base: &RequestKey,
+        key: &RequestKey,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<(Box<StoredResponse>, u64)> {
+        let events = &self.state.events;
+        // Lookups record the path's generation; this one must not change the fill's.
+        let mut probe = self.clone();
+        let notify = events.waiter(key.entry_key());
+        let found = {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // The fill may have ended between our lock attempt and the subscription above.
+            match probe.lookup(base, method, headers).await {
+                Lookup::Fresh(entry, resident) => Some((entry, resident)),
+                _ => {
+                    let _ = tokio::time::timeout(self.config.lock_wait, notified).await;
+                    match probe.lookup(base, method, headers).await {
+                        Lookup::Fresh(entry, resident) => Some((entry, resident)),
+                        _ => None,
+                    }
+                }
+            }
+        };
+        events.forget(key.entry_key(), notify);
+        found
+    }
+
+    /// Refresh a stale entry in the background: one refresher per key in this process, and
+    /// one across instances where the store is shared.
+    fn refresh<S, ReqBody, ResBody>(self, ready: S, request: Request<ReqBody>, key: RequestKey)
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body + Send + 'static,
+        ResBody::Data: Send,
+        ResBody::Error: Send + 'static,
+    {
+        let guard = match self.state.flights.join(key.entry_key()) {
+            Join::Leader(guard) => guard,
+            // A refresh (or fill) of this key is already running.
+            Join::Follower(_) => return,
+        };
+        tokio::spawn(async move {
+            let lock = if self.config.store.is_shared() {
+                let lock = HeldLock::new(&self, &key);
+                let config = &self.config;
+                let taken = self
+                    .state
+                    .guard
+                    .run(
+                        config.read_deadline,
+                        config
+                            .store
+                            .try_lock(&lock.lock_key, &lock.token, config.lock_ttl),
+                    )
+                    .await;
+                if !matches!(taken, Ok(true)) {
+                    // Another instance refreshes it, or the store is unwell: skip.
+                    lock.disarm();
+                    return;
+                }
+                Some(lock)
+            } else {
+                None
+            };
+            bump(&self.state.counters.refreshes);
+            // Nobody reads the answer: the fill stores it.
+            let _ = self.fill(ready, request, Some(guard), lock).await;
+        });
+    }
+
+    /// Stale-if-error: answer with the stale entry when the inner service failed.
+    fn or_stale<B: Body, E>(
+        &self,
+        result: Result<Response<CacheBody<B>>, E>,
+        stale: Option<(Box<StoredResponse>, u64)>,
+    ) -> Result<Response<CacheBody<B>>, E> {
+        let Some((entry, resident)) = stale else {
+            return result;
+        };
+        let failed = match &result {
+            Ok(response) => response.status().is_server_error(),
+            Err(_) => true,
+        };
+        if failed && stale_by(&entry, resident) < u64::from(entry.stale_if_error_secs) {
+            bump(&self.state.counters.stale_hits);
+            return Ok(self.answer(
+                &entry,
+                resident,
+                CacheOutcome::Stale,
+                Some("stale-if-error"),
+            ));
+        }
+        result
+    }
+
+    /// Read the entry for this request (following a Vary marker to the variant's entry), and
+    /// remember the path's generation for the fill.
+    async fn lookup(&mut self, base: &RequestKey, method: &Method, headers: &HeaderMap) -> Lookup {
+        let entry = match self.read(base, true).await {
             Ok(Some(entry)) => entry,
             Ok(None) => return Lookup::Miss(base.clone()),
             Err(kind) => return Lookup::Unavailable(kind),
@@ -346,35 +553,68 @@ impl Job {
                     .config
                     .deriver
                     .request_key(method, &self.target, &values);
-                match self.read(&variant).await {
+                match self.read(&variant, false).await {
                     Ok(Some(StoredEntry::Response(response))) => (response, variant),
                     Ok(Some(StoredEntry::Vary(_))) | Ok(None) => return Lookup::Miss(variant),
                     Err(kind) => return Lookup::Unavailable(kind),
                 }
             }
         };
-        let now = now_ms();
-        let resident = now.saturating_sub(entry.stored_at_ms) / 1000;
-        if resident < u64::from(entry.ttl_secs) && !self.info.no_cache {
-            Lookup::Fresh(Box::new(entry), resident)
+        let resident = now_ms().saturating_sub(entry.stored_at_ms) / 1000;
+        if self.info.no_cache {
+            return Lookup::Miss(key);
+        }
+        if resident < u64::from(entry.ttl_secs) {
+            return Lookup::Fresh(Box::new(entry), resident);
+        }
+        let window = entry
+            .stale_while_revalidate_secs
+            .max(entry.stale_if_error_secs);
+        if stale_by(&entry, resident) < u64::from(window) {
+            Lookup::Stale(Box::new(entry), resident, key)
         } else {
             Lookup::Miss(key)
         }
     }
 
-    /// Read and decode one entry. Anything wrong with the bytes is a miss, and the value is
-    /// deleted in the background.
-    async fn read(&self, key: &RequestKey) -> Result<Option<StoredEntry>, &'static str> {
-        let config = &self.config;
+    /// Read and decode one entry (with the path's generation when `with_generation`). Anything
+    /// wrong with the bytes is a miss, and the value is deleted in the background.
+    async fn read(
+        &mut self,
+        key: &RequestKey,
+        with_generation: bool,
+    ) -> Result<Option<StoredEntry>, &'static str> {
+        let config = Arc::clone(&self.config);
         let counters = &self.state.counters;
-        let bytes = self
-            .state
-            .guard
-            .run(config.read_deadline, config.store.get(key.entry_key()))
-            .await;
-        let bytes = match bytes {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return Ok(None),
+        let generation_key;
+        let read = if with_generation {
+            generation_key = key.generation_key();
+            self.state
+                .guard
+                .run(
+                    config.read_deadline,
+                    config
+                        .store
+                        .get_with_generation(key.entry_key(), &generation_key),
+                )
+                .await
+        } else {
+            let generation = self.generation;
+            self.state
+                .guard
+                .run(config.read_deadline, async {
+                    Ok((config.store.get(key.entry_key()).await?, generation))
+                })
+                .await
+        };
+        let bytes = match read {
+            Ok((bytes, generation)) => {
+                self.generation = generation;
+                match bytes {
+                    Some(bytes) => bytes,
+                    None => return Ok(None),
+                }
+            }
             Err(err) if err.kind() == crate::StoreErrorKind::Corrupt => {
                 counters.store_error(err.kind());
                 bump(&counters.decode_errors);
@@ -436,6 +676,7 @@ impl Job {
         entry: &StoredResponse,
         resident: u64,
         outcome: CacheOutcome,
+        detail: Option<&'static str>,
     ) -> Response<CacheBody<B>> {
         let body = if self.info.is_head {
             CacheBody::empty()
@@ -452,7 +693,7 @@ impl Job {
             outcome,
             stored: outcome == CacheOutcome::Collapsed,
             ttl: Some(ttl),
-            detail: None,
+            detail,
         };
         self.mark(response, status)
     }
@@ -467,12 +708,14 @@ impl Job {
     }
 
     /// Call the inner service in a task of its own and store what it answers, if it may be
-    /// stored. `guard` is the flight this fill leads, if any.
+    /// stored. `guard` is the flight this fill leads and `lock` the shared fill lock it holds,
+    /// if any.
     async fn fill<S, ReqBody, ResBody>(
         self,
         service: S,
         request: Request<ReqBody>,
         guard: Option<FlightGuard>,
+        lock: Option<HeldLock>,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -491,6 +734,7 @@ impl Job {
             method,
             request_headers,
             guard,
+            lock,
         };
         let task = tokio::spawn(fill.run(service, request, reply));
         match answer.await {
@@ -506,12 +750,83 @@ impl Job {
     }
 }
 
+/// A shared fill lock this process holds. Dropping it releases the lock (compare-and-delete on
+/// its token) and publishes the fill event that wakes the instances waiting on it, in the
+/// background; it is moved into the entry's write, so both happen after the write has landed.
+pub(crate) struct HeldLock {
+    config: Arc<Config>,
+    state: Arc<State>,
+    lock_key: String,
+    token: String,
+    event_key: String,
+    armed: bool,
+}
+
+impl HeldLock {
+    fn new(job: &Job, key: &RequestKey) -> Self {
+        HeldLock {
+            config: Arc::clone(&job.config),
+            state: Arc::clone(&job.state),
+            lock_key: key.lock_key(),
+            token: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            event_key: key.entry_key().to_owned(),
+            armed: true,
+        }
+    }
+
+    /// Forget the lock without releasing it (it was never taken).
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if !self.armed || tokio::runtime::Handle::try_current().is_err() {
+            // Without a runtime the lock simply expires after its TTL.
+            return;
+        }
+        let config = Arc::clone(&self.config);
+        let state = Arc::clone(&self.state);
+        let lock_key = std::mem::take(&mut self.lock_key);
+        let token = std::mem::take(&mut self.token);
+        let event = Event::Fill {
+            key: std::mem::take(&mut self.event_key),
+        }
+        .encode();
+        tokio::spawn(async move {
+            let store = &config.store;
+            match state
+                .guard
+                .run(config.write_deadline, store.unlock(&lock_key, &token))
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    // It expired mid-fill (and may be another instance's now): left alone.
+                    bump(&state.counters.locks_lost);
+                }
+                Err(err) => state.counters.store_error(err.kind()),
+            }
+            let channel = &config.events_channel;
+            if let Err(err) = state
+                .guard
+                .run(config.write_deadline, store.publish(channel, event))
+                .await
+            {
+                state.counters.store_error(err.kind());
+            }
+        });
+    }
+}
+
 /// A fill in its own task: the inner call, the storability decision, the body pump and the write.
 struct Fill {
     job: Job,
     method: Method,
     request_headers: HeaderMap,
     guard: Option<FlightGuard>,
+    lock: Option<HeldLock>,
 }
 
 type Reply<B, E> = oneshot::Sender<Result<Response<CacheBody<B>>, E>>;
@@ -592,34 +907,56 @@ impl Fill {
                 return;
             }
         };
+        let (stale_while_revalidate, stale_if_error) =
+            self.stale_windows(&stored_headers, &freshness);
         let entry = StoredResponse {
             request_digest: *key.request_digest().as_bytes(),
             target_digest: *key.target_digest().as_bytes(),
             stored_at_ms: now_ms(),
             ttl_secs: secs_u32(freshness.ttl),
             initial_age_secs: secs_u32(freshness.initial_age),
-            stale_while_revalidate_secs: secs_u32(freshness.stale_while_revalidate),
-            stale_if_error_secs: secs_u32(freshness.stale_if_error),
+            stale_while_revalidate_secs: secs_u32(stale_while_revalidate),
+            stale_if_error_secs: secs_u32(stale_if_error),
             status: status_code,
             headers: stored_headers,
             body: data,
             trailers,
             tags: Vec::new(),
         };
-        let entry = Arc::new(entry);
-        let mut guard = self.guard.take();
-        if let Some(guard) = guard.as_mut() {
-            guard.publish(FillOutcome::Stored(Arc::clone(&entry)));
-        }
         self.job.state.flights.clear_pass(key.entry_key());
-        // The flight stays open until the write has landed (the guard moves into the write).
-        self.store(&key, &entry, &freshness, guard);
+        let flight = self.guard.take();
+        let lock = self.lock.take();
+        // Followers learn the outcome once the (fenced) write has decided it; the flight and
+        // the lock stay held until then.
+        self.store(&key, Arc::new(entry), flight, lock);
     }
 
     fn end(&mut self, outcome: FillOutcome) {
         if let Some(guard) = self.guard.take() {
             guard.finish(outcome);
         }
+    }
+
+    /// The stale windows of a new entry: the origin's or the layer's, whichever is longer,
+    /// unless the response forbids serving it stale.
+    fn stale_windows(&self, headers: &HeaderMap, freshness: &Freshness) -> (Duration, Duration) {
+        let directives = CacheControl::parse(headers);
+        let forbidden = directives.must_revalidate
+            || directives.proxy_revalidate
+            || directives.no_cache
+            || directives.s_maxage.is_some();
+        if forbidden {
+            return (Duration::ZERO, Duration::ZERO);
+        }
+        let config = &self.job.config;
+        let (_, max) = config.policy.get_ttl_range();
+        (
+            freshness
+                .stale_while_revalidate
+                .max(config.stale_while_revalidate)
+                .min(max),
+            freshness.stale_if_error.max(config.stale_if_error).min(max),
+        )
     }
 
     /// Whether the response may be stored, under which key and for how long.
@@ -664,34 +1001,34 @@ impl Fill {
         Ok((key, freshness))
     }
 
-    /// Write the entry (and its Vary marker) in the background, bounded by the write queue.
+    /// Write the entry (and its Vary marker) in the background, fenced by the generation the
+    /// lookup saw and bounded by the write queue; then tell the followers and release the lock.
     fn store(
         &self,
         key: &RequestKey,
-        entry: &StoredResponse,
-        freshness: &Freshness,
+        entry: Arc<StoredResponse>,
         flight: Option<FlightGuard>,
+        lock: Option<HeldLock>,
     ) {
         let config = Arc::clone(&self.job.config);
         let state = Arc::clone(&self.job.state);
+        let generation = self.job.generation;
         // Entries outlive their freshness by their stale windows, so stale copies can be used.
-        let linger = freshness
-            .stale_while_revalidate
-            .max(freshness.stale_if_error);
-        let ttl = freshness
-            .ttl
-            .saturating_add(linger)
+        let linger = entry
+            .stale_while_revalidate_secs
+            .max(entry.stale_if_error_secs);
+        let ttl = Duration::from_secs(u64::from(entry.ttl_secs).saturating_add(u64::from(linger)))
             .max(Duration::from_secs(1));
         let fields = match vary_list(&entry.headers) {
             VaryList::Fields(fields) => fields,
             VaryList::Star => return,
         };
+        let base = config
+            .deriver
+            .request_key(&self.method, &self.job.target, &[]);
         let marker = if fields.is_empty() {
             None
         } else {
-            let base = config
-                .deriver
-                .request_key(&self.method, &self.job.target, &[]);
             let marker = StoredEntry::Vary(VaryMarker {
                 request_digest: *base.request_digest().as_bytes(),
                 stored_at_ms: entry.stored_at_ms,
@@ -700,36 +1037,54 @@ impl Fill {
             });
             Some((base.entry_key().to_owned(), config.codec.encode(&marker)))
         };
-        let value = config.codec.encode(&StoredEntry::Response(entry.clone()));
+        let value = config
+            .codec
+            .encode(&StoredEntry::Response(StoredResponse::clone(&entry)));
         let entry_key = key.entry_key().to_owned();
+        let generation_key = base.generation_key();
         spawn_write(&self.job.state, async move {
-            let _flight = flight;
+            let mut flight = flight;
+            let _lock = lock;
+            let store = &config.store;
+            let deadline = config.write_deadline;
+            let mut written = Ok(true);
             if let Some((marker_key, marker)) = marker {
-                let written = state
+                written = state
                     .guard
                     .run(
-                        config.write_deadline,
-                        config.store.put(&marker_key, marker, ttl),
+                        deadline,
+                        store.put_fenced(&marker_key, marker, ttl, &generation_key, generation),
                     )
                     .await;
-                if let Err(err) = written {
-                    state.counters.store_error(err.kind());
-                    return;
-                }
             }
-            match state
-                .guard
-                .run(
-                    config.write_deadline,
-                    config.store.put(&entry_key, value, ttl),
-                )
-                .await
-            {
-                Ok(()) => bump(&state.counters.stores),
+            if matches!(written, Ok(true)) {
+                written = state
+                    .guard
+                    .run(
+                        deadline,
+                        store.put_fenced(&entry_key, value, ttl, &generation_key, generation),
+                    )
+                    .await;
+            }
+            let outcome = match written {
+                Ok(true) => {
+                    bump(&state.counters.stores);
+                    FillOutcome::Stored(entry)
+                }
+                Ok(false) => {
+                    // A purge happened while this fill ran: its content must not be served.
+                    bump(&state.counters.fenced_writes);
+                    FillOutcome::NotShareable
+                }
                 Err(err) => {
                     state.counters.store_error(err.kind());
                     tracing::debug!(target: "tower_response_cache", kind = err.kind().as_str(), "store write failed");
+                    // The response is still whole and valid: the followers may have it.
+                    FillOutcome::Stored(entry)
                 }
+            };
+            if let Some(flight) = flight.as_mut() {
+                flight.publish(outcome);
             }
         });
     }

@@ -37,6 +37,12 @@ pub(crate) struct Counters {
     pub(crate) writes_dropped: AtomicU64,
     pub(crate) uri_rejected: AtomicU64,
     pub(crate) fills_in_flight: AtomicU64,
+    pub(crate) locks_acquired: AtomicU64,
+    pub(crate) locks_waited: AtomicU64,
+    pub(crate) lock_timeouts: AtomicU64,
+    pub(crate) locks_lost: AtomicU64,
+    pub(crate) refreshes: AtomicU64,
+    pub(crate) fenced_writes: AtomicU64,
     bypassed: [AtomicU64; REASONS],
     not_stored: [AtomicU64; REASONS],
     store_errors: [AtomicU64; STORE_ERROR_KINDS.len()],
@@ -55,6 +61,12 @@ impl Default for Counters {
             writes_dropped: AtomicU64::new(0),
             uri_rejected: AtomicU64::new(0),
             fills_in_flight: AtomicU64::new(0),
+            locks_acquired: AtomicU64::new(0),
+            locks_waited: AtomicU64::new(0),
+            lock_timeouts: AtomicU64::new(0),
+            locks_lost: AtomicU64::new(0),
+            refreshes: AtomicU64::new(0),
+            fenced_writes: AtomicU64::new(0),
             bypassed: std::array::from_fn(|_| AtomicU64::new(0)),
             not_stored: std::array::from_fn(|_| AtomicU64::new(0)),
             store_errors: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -119,6 +131,12 @@ impl Counters {
             foreign_entries: load(&self.foreign_entries),
             writes_dropped: load(&self.writes_dropped),
             fills_in_flight: load(&self.fills_in_flight),
+            locks_acquired: load(&self.locks_acquired),
+            locks_waited: load(&self.locks_waited),
+            lock_timeouts: load(&self.lock_timeouts),
+            locks_lost: load(&self.locks_lost),
+            refreshes: load(&self.refreshes),
+            fenced_writes: load(&self.fenced_writes),
             breaker,
             breaker_opened,
             bypassed_by,
@@ -158,6 +176,18 @@ pub struct Stats {
     pub writes_dropped: u64,
     /// Fills running now.
     pub fills_in_flight: u64,
+    /// Fill locks this process took in the shared store.
+    pub locks_acquired: u64,
+    /// Misses that found another instance's fill lock and waited for its fill.
+    pub locks_waited: u64,
+    /// Waits for another instance's fill that ended at the lock wait without an entry.
+    pub lock_timeouts: u64,
+    /// Fill locks that had expired (and maybe been taken by another) when released.
+    pub locks_lost: u64,
+    /// Background refreshes of stale entries (stale-while-revalidate).
+    pub refreshes: u64,
+    /// Writes refused because a purge happened while the fill ran.
+    pub fenced_writes: u64,
     /// The circuit breaker's state.
     pub breaker: BreakerState,
     /// How many times the breaker has opened.

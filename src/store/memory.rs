@@ -1,5 +1,7 @@
 //! The in-process store: a moka cache bounded by bytes, with a TTL per value.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,7 +31,13 @@ const DEFAULT_CAPACITY: u64 = 64 * 1024 * 1024;
 pub struct MemoryStore {
     cache: Cache<String, Value>,
     capacity: u64,
+    /// Path generations (for fenced writes), with their expiry. The lock is only ever held for
+    /// a map operation and a cache insert, never across an `.await`.
+    generations: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
 }
+
+/// Above this many generations, expired ones are swept on the next bump.
+const GENERATION_SWEEP_AT: usize = 10_000;
 
 #[derive(Clone)]
 struct Value {
@@ -75,6 +83,21 @@ impl MemoryStore {
         MemoryStore {
             cache,
             capacity: bytes,
+            generations: Arc::default(),
+        }
+    }
+
+    fn generations(&self) -> MutexGuard<'_, HashMap<String, (u64, Instant)>> {
+        match self.generations.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn generation_now(map: &HashMap<String, (u64, Instant)>, key: &str) -> u64 {
+        match map.get(key) {
+            Some((generation, until)) if *until > Instant::now() => *generation,
+            _ => 0,
         }
     }
 
@@ -146,6 +169,51 @@ impl Store for MemoryStore {
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
+
+    fn get_with_generation<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+    ) -> StoreFuture<'a, (Option<Bytes>, u64)> {
+        let generation = Self::generation_now(&self.generations(), generation_key);
+        let value = self.cache.get(key).map(|value| value.bytes);
+        Box::pin(async move { Ok((value, generation)) })
+    }
+
+    fn put_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        generation_key: &'a str,
+        generation: u64,
+    ) -> StoreFuture<'a, bool> {
+        let generations = self.generations();
+        let written = Self::generation_now(&generations, generation_key) == generation;
+        if written {
+            let ttl = ttl.max(Duration::from_secs(1));
+            self.cache
+                .insert(key.to_owned(), Value { bytes: value, ttl });
+        }
+        drop(generations);
+        Box::pin(async move { Ok(written) })
+    }
+
+    fn bump_generation<'a>(
+        &'a self,
+        generation_key: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, u64> {
+        let mut generations = self.generations();
+        let now = Instant::now();
+        if generations.len() >= GENERATION_SWEEP_AT {
+            generations.retain(|_, (_, until)| *until > now);
+        }
+        let next = Self::generation_now(&generations, generation_key).saturating_add(1);
+        generations.insert(generation_key.to_owned(), (next, now + ttl));
+        drop(generations);
+        Box::pin(async move { Ok(next) })
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +244,29 @@ mod tests {
         }
         assert!(store.weighted_size() <= 10_000, "{}", store.weighted_size());
         assert!(store.len() < 100);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_write_after_a_generation_bump_is_refused() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_secs(60);
+        let (_, generation) = store.get_with_generation("e", "g").await.unwrap();
+        assert_eq!(generation, 0);
+        assert_eq!(store.bump_generation("g", ttl).await.unwrap(), 1);
+        let written = store
+            .put_fenced("e", Bytes::from_static(b"old"), ttl, "g", generation)
+            .await
+            .unwrap();
+        assert!(!written);
+        assert_eq!(store.get("e").await.unwrap(), None);
+        let written = store
+            .put_fenced("e", Bytes::from_static(b"new"), ttl, "g", 1)
+            .await
+            .unwrap();
+        assert!(written);
+        let (value, generation) = store.get_with_generation("e", "g").await.unwrap();
+        assert_eq!(value.as_deref(), Some(&b"new"[..]));
+        assert_eq!(generation, 1);
     }
 
     #[tokio::test]

@@ -17,14 +17,16 @@
 //! # Implementing a store
 //!
 //! Implement [`Store::get`], [`Store::put`], [`Store::delete`] and [`Store::ping`]; the
-//! coordination methods have defaults that make the store work on its own (locks always granted,
-//! no generations, no events), which is right for a store that only one process uses.
+//! coordination methods ([`Store::try_lock`], [`Store::put_fenced`], [`Store::publish`], ...)
+//! have defaults that make the store work on its own (locks always granted, no generations, no
+//! events), which is right for a store that only one process uses.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 pub use crate::error::{StoreError, StoreErrorKind};
 
@@ -58,4 +60,83 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Check that the store answers (for readiness probes).
     fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// Whether other processes share this store, so that fill locks and events between
+    /// instances mean something. The default is `false`.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Read the value under `key` and the generation under `generation_key` together (one
+    /// round trip where the store allows it). An absent generation is 0.
+    fn get_with_generation<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+    ) -> StoreFuture<'a, (Option<Bytes>, u64)> {
+        let _ = generation_key;
+        Box::pin(async move { Ok((self.get(key).await?, 0)) })
+    }
+
+    /// Store `value` under `key` for `ttl` only if `generation_key` still holds `generation`
+    /// (absent counts as 0), atomically. Returns `false` when the generation moved on: a purge
+    /// happened while the value was being made, and the value must not be written.
+    fn put_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        generation_key: &'a str,
+        generation: u64,
+    ) -> StoreFuture<'a, bool> {
+        let _ = (generation_key, generation);
+        Box::pin(async move {
+            self.put(key, value, ttl).await?;
+            Ok(true)
+        })
+    }
+
+    /// Increment the generation under `generation_key` (kept for `ttl`), fencing off every
+    /// write that read the old one. Returns the new generation.
+    fn bump_generation<'a>(
+        &'a self,
+        generation_key: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, u64> {
+        let _ = (generation_key, ttl);
+        Box::pin(async { Ok(0) })
+    }
+
+    /// Take the fill lock `key` with `token` unless someone holds it (`SET NX PX`). The default
+    /// always grants it: without other processes there is nobody to wait for.
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let _ = (key, token, ttl);
+        Box::pin(async { Ok(true) })
+    }
+
+    /// Release the fill lock `key` if it still holds `token` (compare and delete). Returns
+    /// whether it did.
+    fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
+        let _ = (key, token);
+        Box::pin(async { Ok(true) })
+    }
+
+    /// Publish `message` on `channel` to every instance sharing the store.
+    fn publish<'a>(&'a self, channel: &'a str, message: Bytes) -> StoreFuture<'a, ()> {
+        let _ = (channel, message);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Subscribe to `channel`: messages published by any instance arrive on the receiver, for
+    /// as long as it is kept (the store reconnects by itself). `None` when the store has no
+    /// events. Called once per layer, inside a Tokio runtime.
+    fn subscribe(&self, channel: &str) -> Option<mpsc::Receiver<Bytes>> {
+        let _ = channel;
+        None
+    }
 }

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError};
+use redis::{Client, RedisError, Script};
+use std::sync::LazyLock;
+use tokio::sync::mpsc;
 
 use super::{Store, StoreError, StoreErrorKind, StoreFuture};
 use crate::Error;
@@ -36,7 +38,47 @@ use crate::Error;
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
+    /// Kept for the pub/sub connection, which cannot share the multiplexed one.
+    client: Option<Client>,
 }
+
+/// Write the entry only if the path's generation is still the one the fill started under.
+static FENCED_PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local current = redis.call('GET', KEYS[2])
+if current == false then current = '0' end
+if current == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// Increment a generation and keep it for a while (both in one step).
+static BUMP_GENERATION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return n
+",
+    )
+});
+
+/// Delete a lock only if it still holds our token.
+static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+});
 
 impl RedisStore {
     /// A store on the server at `url` (`redis://[user:password@]host:port/db`).
@@ -58,14 +100,29 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|err| Error::InvalidUrl(err.to_string()))?;
-        Ok(RedisStore { connection })
+        Ok(RedisStore {
+            connection,
+            client: Some(client),
+        })
     }
 
     /// A store on an existing connection manager (its own settings are kept).
+    ///
+    /// Such a store cannot open a pub/sub connection of its own, so fill and purge events
+    /// between instances need [`RedisStore::with_events_client`].
     pub fn from_connection_manager(connection: ConnectionManager) -> Self {
-        RedisStore { connection }
+        RedisStore {
+            connection,
+            client: None,
+        }
+    }
+
+    /// The client the store opens its pub/sub connection with (for fill and purge events).
+    pub fn with_events_client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
     }
 
     /// A clone of the underlying connection, for commands of your own.
@@ -159,5 +216,171 @@ impl Store for RedisStore {
                 .await
                 .map_err(|err| classify(&err))
         })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn get_with_generation<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+    ) -> StoreFuture<'a, (Option<Bytes>, u64)> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            // Both keys carry the path's hash tag, so this is one slot even on a cluster.
+            let (value, generation): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
+                .arg(key)
+                .arg(generation_key)
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| classify(&err))?;
+            let generation = match generation {
+                None => 0,
+                // A generation that is not a number was not written by us: fence every write.
+                Some(raw) => std::str::from_utf8(&raw)
+                    .ok()
+                    .and_then(|text| text.parse().ok())
+                    .unwrap_or(u64::MAX),
+            };
+            Ok((value.map(Bytes::from), generation))
+        })
+    }
+
+    fn put_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        generation_key: &'a str,
+        generation: u64,
+    ) -> StoreFuture<'a, bool> {
+        let mut connection = self.connection.clone();
+        let seconds = ttl.as_secs().max(1);
+        Box::pin(async move {
+            let written: i64 = FENCED_PUT
+                .key(key)
+                .key(generation_key)
+                .arg(value.as_ref())
+                .arg(generation.to_string())
+                .arg(seconds)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|err| classify(&err))?;
+            Ok(written == 1)
+        })
+    }
+
+    fn bump_generation<'a>(
+        &'a self,
+        generation_key: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, u64> {
+        let mut connection = self.connection.clone();
+        let seconds = ttl.as_secs().max(1);
+        Box::pin(async move {
+            let next: u64 = BUMP_GENERATION
+                .key(generation_key)
+                .arg(seconds)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|err| classify(&err))?;
+            Ok(next)
+        })
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let mut connection = self.connection.clone();
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        Box::pin(async move {
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(key)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis)
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| classify(&err))?;
+            Ok(taken.is_some())
+        })
+    }
+
+    fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            let deleted: i64 = UNLOCK
+                .key(key)
+                .arg(token)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|err| classify(&err))?;
+            Ok(deleted == 1)
+        })
+    }
+
+    fn publish<'a>(&'a self, channel: &'a str, message: Bytes) -> StoreFuture<'a, ()> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(message.as_ref())
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(|err| classify(&err))
+        })
+    }
+
+    fn subscribe(&self, channel: &str) -> Option<mpsc::Receiver<Bytes>> {
+        let client = self.client.clone()?;
+        let (sender, receiver) = mpsc::channel(1024);
+        tokio::spawn(listen(client, channel.to_owned(), sender));
+        Some(receiver)
+    }
+}
+
+/// Keep a subscription to `channel` open, reconnecting with a capped back-off, until the
+/// receiving side is dropped.
+async fn listen(client: Client, channel: String, sender: mpsc::Sender<Bytes>) {
+    use futures_util::StreamExt;
+
+    let mut delay = Duration::from_millis(50);
+    loop {
+        if sender.is_closed() {
+            return;
+        }
+        let connected = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, RedisError>(pubsub)
+        })
+        .await;
+        if let Ok(Ok(mut pubsub)) = connected {
+            delay = Duration::from_millis(50);
+            let mut messages = pubsub.on_message();
+            loop {
+                tokio::select! {
+                    message = messages.next() => match message {
+                        Some(message) => {
+                            let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+                            if sender.send(payload).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => break,
+                    },
+                    () = sender.closed() => return,
+                }
+            }
+            tracing::debug!(target: "tower_response_cache", "event subscription lost; reconnecting");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
