@@ -20,6 +20,7 @@
 //! | 16 | HMAC-SHA-256 over everything before it, truncated to 16 bytes |
 //!
 //! A response payload is: request digest (16), target digest (16), `stored_at_ms` (`u64`),
+//! `generation` (`u64`),
 //! `ttl_secs`, `initial_age_secs`, `stale_while_revalidate_secs`, `stale_if_error_secs` (`u32`
 //! each), status (`u16`), header count (`u32`) and that many name/value pairs, body, trailer count
 //! (`u32`, where `0xFFFF_FFFF` means "no trailers frame") and that many name/value pairs, tag count
@@ -99,6 +100,9 @@ pub struct StoredResponse {
     pub target_digest: [u8; 16],
     /// When the response was stored, in milliseconds since the Unix epoch.
     pub stored_at_ms: u64,
+    /// The path's purge generation the response was made under: an entry whose generation is
+    /// not the path's current one was purged.
+    pub generation: u64,
     /// How long the response stays fresh, counted from `stored_at_ms`.
     pub ttl_secs: u32,
     /// The response's corrected initial age (RFC 9111 section 4.2.3) at the time it was stored.
@@ -426,7 +430,7 @@ fn fields_len(map: &HeaderMap) -> usize {
 fn encoded_len(entry: &StoredEntry) -> usize {
     let payload = match entry {
         StoredEntry::Response(r) => {
-            let fixed: usize = 16 + 16 + 8 + 4 * 4 + 2;
+            let fixed: usize = 16 + 16 + 8 + 8 + 4 * 4 + 2;
             let trailers = r.trailers.as_ref().map_or(4, fields_len);
             let tags = r.tags.iter().fold(2usize, |acc, tag| {
                 acc.saturating_add(4).saturating_add(tag.len())
@@ -465,6 +469,7 @@ fn write_response(out: &mut Vec<u8>, r: &StoredResponse) {
     out.put_slice(&r.request_digest);
     out.put_slice(&r.target_digest);
     out.put_u64(r.stored_at_ms);
+    out.put_u64(r.generation);
     out.put_u32(r.ttl_secs);
     out.put_u32(r.initial_age_secs);
     out.put_u32(r.stale_while_revalidate_secs);
@@ -609,6 +614,7 @@ fn read_response(cursor: &mut Cursor<'_>) -> Result<StoredResponse, DecodeError>
     let request_digest = cursor.array()?;
     let target_digest = cursor.array()?;
     let stored_at_ms = cursor.u64()?;
+    let generation = cursor.u64()?;
     let ttl_secs = cursor.u32()?;
     let initial_age_secs = cursor.u32()?;
     let stale_while_revalidate_secs = cursor.u32()?;
@@ -632,6 +638,7 @@ fn read_response(cursor: &mut Cursor<'_>) -> Result<StoredResponse, DecodeError>
         request_digest,
         target_digest,
         stored_at_ms,
+        generation,
         ttl_secs,
         initial_age_secs,
         stale_while_revalidate_secs,
@@ -690,6 +697,7 @@ mod tests {
             request_digest: [1; 16],
             target_digest: [2; 16],
             stored_at_ms: 1_700_000_000_123,
+            generation: 7,
             ttl_secs: 300,
             initial_age_secs: 4,
             stale_while_revalidate_secs: 30,
@@ -793,6 +801,7 @@ mod tests {
             out.put_slice(&[1; 16]);
             out.put_slice(&[2; 16]);
             out.put_u64(1);
+            out.put_u64(0);
             out.put_u32(60);
             out.put_u32(0);
             out.put_u32(0);
@@ -1387,6 +1396,7 @@ mod tests {
                         request_digest,
                         target_digest,
                         stored_at_ms: at,
+                        generation: at.rotate_left(17),
                         ttl_secs: ttl,
                         initial_age_secs: age,
                         stale_while_revalidate_secs: swr,

@@ -22,6 +22,9 @@ pub enum Error {
     /// A store URL cannot be used.
     #[error("invalid store URL: {0}")]
     InvalidUrl(String),
+    /// A purge request cannot be carried out (a malformed URL, path or tag).
+    #[error("invalid purge: {0}")]
+    InvalidPurge(String),
     /// A route rule is malformed.
     #[error(transparent)]
     Route(#[from] crate::policy::RouteError),

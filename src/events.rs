@@ -6,6 +6,8 @@
 //!
 //! - `{"fill":{"key":"<entry key>"}}`: a fill of that key ended (stored or not); instances waiting
 //!   on the key's fill lock wake up and read the store again instead of polling it.
+//! - `{"purge":{...}}` (optionally with `"source":"<instance>"`): the public purge schema, see
+//!   the `purge` module.
 //!
 //! Anything that does not parse is logged and ignored.
 
@@ -16,7 +18,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::purge::PurgeTarget;
 use crate::store::Store;
+
+/// What the layer does with a purge event: (target, the publishing instance if any, the raw
+/// message).
+pub(crate) type PurgeHandler = Arc<dyn Fn(PurgeTarget, Option<String>, Bytes) + Send + Sync>;
 
 /// One message on the events channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +46,22 @@ impl Event {
     }
 }
 
+/// A purge event: `{"purge":{...}}` with an optional `"source"`.
+fn parse_purge(message: &[u8]) -> Option<(PurgeTarget, Option<String>)> {
+    let value: serde_json::Value = serde_json::from_slice(message).ok()?;
+    let object = value.as_object()?;
+    let target = PurgeTarget::from_json(object.get("purge")?)?;
+    let source = match object.get("source") {
+        None => None,
+        Some(serde_json::Value::String(source)) => Some(source.clone()),
+        Some(_) => return None,
+    };
+    if object.len() > 2 || (object.len() == 2 && source.is_none()) {
+        return None;
+    }
+    Some((target, source))
+}
+
 /// The process side of the events channel: one subscription, many waiters.
 #[derive(Debug, Default)]
 pub(crate) struct Events {
@@ -49,7 +72,12 @@ pub(crate) struct Events {
 impl Events {
     /// Subscribe to `channel` once (needs a Tokio runtime; does nothing without one, or for a
     /// store without events).
-    pub(crate) fn start(self: &Arc<Self>, store: &Arc<dyn Store>, channel: &str) {
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        store: &Arc<dyn Store>,
+        channel: &str,
+        on_purge: PurgeHandler,
+    ) {
         if self.started.get().is_some() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
@@ -65,12 +93,15 @@ impl Events {
                 let Some(events) = events.upgrade() else {
                     return;
                 };
-                match Event::parse(&message) {
-                    Some(event) => events.dispatch(event),
-                    None => tracing::debug!(
+                if let Some(event) = Event::parse(&message) {
+                    events.dispatch(event);
+                } else if let Some((target, source)) = parse_purge(&message) {
+                    on_purge(target, source, message);
+                } else {
+                    tracing::warn!(
                         target: "tower_response_cache",
                         "ignoring a malformed message on the events channel"
-                    ),
+                    );
                 }
             }
         });
@@ -131,6 +162,21 @@ mod tests {
         assert_eq!(Event::parse(&bytes), Some(event));
         assert_eq!(Event::parse(b"{\"fill\":{}}"), None);
         assert_eq!(Event::parse(b"not json"), None);
+    }
+
+    #[test]
+    fn purge_events_parse_with_and_without_a_source() {
+        assert_eq!(
+            parse_purge(br#"{"purge":{"tag":"user:42"}}"#),
+            Some((PurgeTarget::Tag("user:42".into()), None))
+        );
+        assert_eq!(
+            parse_purge(br#"{"purge":{"all":true},"source":"abc"}"#),
+            Some((PurgeTarget::All, Some("abc".into())))
+        );
+        assert_eq!(parse_purge(br#"{"purge":{"all":true},"extra":1}"#), None);
+        assert_eq!(parse_purge(br#"{"purge":"all"}"#), None);
+        assert_eq!(parse_purge(b"garbage"), None);
     }
 
     #[tokio::test]

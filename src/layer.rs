@@ -11,10 +11,12 @@ use crate::breaker::Guard;
 use crate::coalesce::Flights;
 use crate::entry::EntryCodec;
 use crate::error::Error;
-use crate::events::Events;
+use crate::events::{Events, PurgeHandler};
 use crate::headers::{is_valid_cache_name, CacheStatus};
 use crate::key::KeyDeriver;
+use crate::near::NearCache;
 use crate::policy::{BypassReason, Mode, Policy, Route};
+use crate::purge::{apply_event, Fences, Purger};
 use crate::service::CacheService;
 use crate::stats::{Counters, Stats};
 use crate::store::Store;
@@ -47,6 +49,9 @@ pub(crate) struct Config {
     pub(crate) cache_name: String,
     /// `<namespace>:events`.
     pub(crate) events_channel: String,
+    pub(crate) tag_header: Option<HeaderName>,
+    pub(crate) strip_tag_header: bool,
+    pub(crate) invalidate_on_write: bool,
     /// `Cache-Status` of a bypass, one per [`BypassReason::ALL`] entry, built once.
     pub(crate) bypass_status: Vec<HeaderValue>,
 }
@@ -81,11 +86,28 @@ pub(crate) struct State {
     pub(crate) flights: Arc<Flights>,
     pub(crate) writes: Arc<Semaphore>,
     pub(crate) events: Arc<Events>,
+    pub(crate) fences: Fences,
+    pub(crate) near: Option<NearCache>,
+    /// This layer's name on the events channel (so it can ignore its own purges).
+    pub(crate) instance: String,
+}
+
+/// The settings [`State`] is built from.
+#[derive(Debug, Clone, Copy)]
+struct StateSettings {
+    breaker: (u32, Duration),
+    write_queue: usize,
+    near_cache: Option<u64>,
 }
 
 impl State {
-    fn new(threshold: u32, cool_down: Duration, write_queue: usize) -> Self {
+    fn new(settings: StateSettings) -> Self {
+        let (threshold, cool_down) = settings.breaker;
+        let write_queue = settings.write_queue;
         State {
+            fences: Fences::default(),
+            near: settings.near_cache.map(NearCache::new),
+            instance: format!("{:016x}", fastrand::u64(..)),
             counters: Counters::default(),
             guard: Guard::new(threshold, cool_down),
             flights: Arc::new(Flights::default()),
@@ -119,6 +141,9 @@ impl State {
 /// | background write queue | 1024 writes |
 /// | key namespace / version | `trc` / `v1` |
 /// | `Cache-Status` cache name | `trc` |
+/// | tag header | `Surrogate-Key`, stripped from responses |
+/// | successful writes purge their path | yes |
+/// | near cache | off |
 ///
 /// # Example
 ///
@@ -142,8 +167,7 @@ impl State {
 pub struct CacheLayer {
     pub(crate) config: Arc<Config>,
     pub(crate) state: Arc<State>,
-    breaker: (u32, Duration),
-    write_queue: usize,
+    settings: StateSettings,
 }
 
 impl std::fmt::Debug for CacheLayer {
@@ -189,16 +213,21 @@ impl CacheLayer {
             stale_if_error: Duration::ZERO,
             cache_name: "trc".to_owned(),
             events_channel: String::new(),
+            tag_header: Some(HeaderName::from_static("surrogate-key")),
+            strip_tag_header: true,
+            invalidate_on_write: true,
             bypass_status: Vec::new(),
         };
         config.rebuild();
-        let breaker = (5, Duration::from_secs(1));
-        let write_queue = 1024;
+        let settings = StateSettings {
+            breaker: (5, Duration::from_secs(1)),
+            write_queue: 1024,
+            near_cache: None,
+        };
         CacheLayer {
             config: Arc::new(config),
-            state: Arc::new(State::new(breaker.0, breaker.1, write_queue)),
-            breaker,
-            write_queue,
+            state: Arc::new(State::new(settings)),
+            settings,
         }
     }
 
@@ -402,17 +431,75 @@ impl CacheLayer {
     /// Circuit breaker: open after `failures` consecutive store failures, probe again after
     /// `cool_down` (default 5 and 1 s).
     pub fn breaker(mut self, failures: u32, cool_down: Duration) -> Self {
-        self.breaker = (failures, cool_down);
-        self.state = Arc::new(State::new(failures, cool_down, self.write_queue));
+        self.settings.breaker = (failures, cool_down);
+        self.state = Arc::new(State::new(self.settings));
         self
     }
 
     /// How many background writes may be pending at once (default 1024); writes beyond it are
     /// dropped and counted.
     pub fn write_queue(mut self, writes: usize) -> Self {
-        self.write_queue = writes;
-        self.state = Arc::new(State::new(self.breaker.0, self.breaker.1, writes));
+        self.settings.write_queue = writes;
+        self.state = Arc::new(State::new(self.settings));
         self
+    }
+
+    /// Keep up to `bytes` of decoded entries in this process in front of the store (the near
+    /// cache, off by default). Near entries never outlive the stored entry's remaining TTL and
+    /// are dropped by purges from any instance.
+    pub fn near_cache(mut self, bytes: u64) -> Self {
+        self.settings.near_cache = Some(bytes);
+        self.state = Arc::new(State::new(self.settings));
+        self
+    }
+
+    /// The response header whose space-separated values tag an entry for
+    /// [`Purger::purge_tag`] (default `Surrogate-Key`); `None` reads no header (the
+    /// [`CacheTags`](crate::CacheTags) extension still works).
+    pub fn tag_header(mut self, name: Option<HeaderName>) -> Self {
+        self.config_mut().tag_header = name;
+        self
+    }
+
+    /// Whether the tag header is removed before the response reaches the client (default yes).
+    pub fn strip_tag_header(mut self, strip: bool) -> Self {
+        self.config_mut().strip_tag_header = strip;
+        self
+    }
+
+    /// Whether a successful (2xx or 3xx) POST, PUT, PATCH or DELETE through the layer purges
+    /// the entries of its path (RFC 9111 section 4.4; default yes).
+    pub fn invalidate_on_write(mut self, yes: bool) -> Self {
+        self.config_mut().invalidate_on_write = yes;
+        self
+    }
+
+    /// A handle that purges entries of this layer's namespace, here and on every instance.
+    pub fn purger(&self) -> Purger {
+        // Purges travel on the events channel; listen to it as soon as possible.
+        self.state.events.start(
+            &self.config.store,
+            &self.config.events_channel,
+            self.purge_handler(),
+        );
+        Purger {
+            config: Arc::clone(&self.config),
+            state: Arc::clone(&self.state),
+        }
+    }
+
+    fn purge_handler(&self) -> PurgeHandler {
+        let config = Arc::clone(&self.config);
+        let state = Arc::downgrade(&self.state);
+        Arc::new(move |target, source, raw| {
+            if let Some(state) = state.upgrade() {
+                let purger = Purger {
+                    config: Arc::clone(&config),
+                    state,
+                };
+                tokio::spawn(apply_event(purger, target, source, raw));
+            }
+        })
     }
 
     /// The namespace every key starts with (default `trc`).
@@ -480,9 +567,11 @@ impl<S> Layer<S> for CacheLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         // Subscribe to the events channel as soon as a runtime is there to run it.
-        self.state
-            .events
-            .start(&self.config.store, &self.config.events_channel);
+        self.state.events.start(
+            &self.config.store,
+            &self.config.events_channel,
+            self.purge_handler(),
+        );
         CacheService::new(inner, Arc::clone(&self.config), Arc::clone(&self.state))
     }
 }

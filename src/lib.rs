@@ -121,7 +121,9 @@ mod events;
 mod headers;
 pub mod key;
 mod layer;
+mod near;
 pub mod policy;
+pub mod purge;
 mod service;
 mod stats;
 pub mod store;
@@ -132,6 +134,7 @@ pub use error::{Error, StoreError, StoreErrorKind};
 pub use headers::{CacheOutcome, CacheStatus};
 pub use layer::{CacheLayer, DEFAULT_NAMESPACE, DEFAULT_VERSION};
 pub use policy::{BypassReason, CacheTtl, Mode, NoStore, NotStorable, Policy, Route};
+pub use purge::{CacheTags, PurgeReport, PurgeTarget, Purger};
 pub use service::{CacheService, ResponseFuture};
 pub use stats::Stats;
 #[cfg(feature = "memory")]

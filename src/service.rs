@@ -19,7 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{AGE, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -37,9 +37,10 @@ use crate::headers::{CacheOutcome, CacheStatus};
 use crate::key::{vary_values, CanonicalTarget, RequestKey};
 use crate::layer::{Config, State};
 use crate::policy::{
-    is_hop_by_hop, vary_list, CacheControl, Freshness, NotStorable, RequestDecision, RequestInfo,
-    VaryList,
+    is_hop_by_hop, vary_list, BypassReason, CacheControl, Freshness, NotStorable, RequestDecision,
+    RequestInfo, VaryList,
 };
+use crate::purge::{response_tags, Purger};
 use crate::stats::bump;
 
 /// Header name of RFC 9211's `Cache-Status`.
@@ -103,7 +104,12 @@ pin_project! {
 pin_project! {
     #[project = FutureKindProj]
     enum FutureKind<F, B: Body, E> {
-        Bypass { #[pin] future: F, status: Option<HeaderValue>, detail: &'static str },
+        Bypass {
+            #[pin] future: F,
+            status: Option<HeaderValue>,
+            detail: &'static str,
+            strip: Option<HeaderName>,
+        },
         Cached { future: BoxedResponse<B, E> },
     }
 }
@@ -127,6 +133,7 @@ where
                 future,
                 status,
                 detail,
+                strip,
             } => {
                 let response = match future.poll(cx) {
                     Poll::Ready(Ok(response)) => response,
@@ -134,6 +141,9 @@ where
                     Poll::Pending => return Poll::Pending,
                 };
                 let mut response = response.map(CacheBody::inner);
+                if let Some(name) = strip.take() {
+                    response.headers_mut().remove(name);
+                }
                 if let Some(status) = status.take() {
                     response.headers_mut().insert(CACHE_STATUS.clone(), status);
                 }
@@ -175,11 +185,14 @@ where
             RequestDecision::Bypass(reason) => {
                 self.state.counters.bypassed(reason);
                 tracing::trace!(target: "tower_response_cache", outcome = "bypass", reason = reason.as_str());
-                return self.bypass(
-                    request,
-                    config.bypass_status(reason).cloned(),
-                    reason.as_str(),
-                );
+                let status = config.bypass_status(reason).cloned();
+                if reason == BypassReason::Method
+                    && config.invalidate_on_write
+                    && is_write(request.method())
+                {
+                    return self.write_through(request, status);
+                }
+                return self.bypass(request, status, reason.as_str());
             }
             RequestDecision::Cache(info) => info,
         };
@@ -216,6 +229,56 @@ where
 }
 
 impl<S> CacheService<S> {
+    /// A write (POST, PUT, PATCH, DELETE): passed through, and once it has succeeded (2xx or
+    /// 3xx) its path is purged before the response is handed back, so the writer's next read
+    /// sees the new state (RFC 9111 section 4.4).
+    fn write_through<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+        status: Option<HeaderValue>,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S::Future: Send + 'static,
+        ResBody: Body + Send + 'static,
+    {
+        let purger = Purger {
+            config: Arc::clone(&self.config),
+            state: Arc::clone(&self.state),
+        };
+        let path = request.uri().path().to_owned();
+        let future = self.inner.call(request);
+        let strip = self
+            .config
+            .strip_tag_header
+            .then(|| self.config.tag_header.clone())
+            .flatten();
+        ResponseFuture {
+            kind: FutureKind::Cached {
+                future: Box::pin(async move {
+                    let mut response = future.await?;
+                    let code = response.status();
+                    if code.is_success() || code.is_redirection() {
+                        if let Err(err) = purger.purge_path(&path).await {
+                            tracing::debug!(target: "tower_response_cache", error = %err, "invalidation after a write failed");
+                        }
+                    }
+                    if let Some(name) = strip {
+                        response.headers_mut().remove(name);
+                    }
+                    if let Some(status) = status {
+                        response.headers_mut().insert(CACHE_STATUS.clone(), status);
+                    }
+                    let mut response = response.map(CacheBody::inner);
+                    response
+                        .extensions_mut()
+                        .insert(CacheStatus::bypass(BypassReason::Method.as_str()));
+                    Ok(response)
+                }),
+            },
+        }
+    }
+
     fn bypass<ReqBody, ResBody>(
         &mut self,
         request: Request<ReqBody>,
@@ -226,14 +289,27 @@ impl<S> CacheService<S> {
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         ResBody: Body,
     {
+        let strip = self
+            .config
+            .strip_tag_header
+            .then(|| self.config.tag_header.clone())
+            .flatten();
         ResponseFuture {
             kind: FutureKind::Bypass {
                 future: self.inner.call(request),
                 status,
                 detail,
+                strip,
             },
         }
     }
+}
+
+fn is_write(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
 }
 
 /// Everything the cache path of one request needs.
@@ -540,6 +616,9 @@ impl Job {
     /// Read the entry for this request (following a Vary marker to the variant's entry), and
     /// remember the path's generation for the fill.
     async fn lookup(&mut self, base: &RequestKey, method: &Method, headers: &HeaderMap) -> Lookup {
+        if let Some(found) = self.near_lookup(base, method, headers) {
+            return found;
+        }
         let entry = match self.read(base, true).await {
             Ok(Some(entry)) => entry,
             Ok(None) => return Lookup::Miss(base.clone()),
@@ -560,11 +639,23 @@ impl Job {
                 }
             }
         };
+        if entry.generation != self.generation {
+            // Made before the path's latest purge: as good as deleted.
+            return Lookup::Miss(key);
+        }
         let resident = now_ms().saturating_sub(entry.stored_at_ms) / 1000;
         if self.info.no_cache {
             return Lookup::Miss(key);
         }
         if resident < u64::from(entry.ttl_secs) {
+            if let Some(near) = &self.state.near {
+                let left = Duration::from_secs(u64::from(entry.ttl_secs) - resident);
+                near.insert(
+                    key.entry_key(),
+                    Arc::new(StoredEntry::Response(entry.clone())),
+                    left,
+                );
+            }
             return Lookup::Fresh(Box::new(entry), resident);
         }
         let window = entry
@@ -575,6 +666,36 @@ impl Job {
         } else {
             Lookup::Miss(key)
         }
+    }
+
+    /// A fresh hit in the near cache, if there is one.
+    fn near_lookup(
+        &self,
+        base: &RequestKey,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<Lookup> {
+        let near = self.state.near.as_ref()?;
+        if self.info.no_cache {
+            return None;
+        }
+        let mut found = near.get(base.entry_key())?;
+        if let StoredEntry::Vary(marker) = &*found {
+            let values = vary_values(&marker.fields, headers);
+            let variant = self
+                .config
+                .deriver
+                .request_key(method, &self.target, &values);
+            found = near.get(variant.entry_key())?;
+        }
+        let StoredEntry::Response(entry) = &*found else {
+            return None;
+        };
+        let resident = now_ms().saturating_sub(entry.stored_at_ms) / 1000;
+        if resident >= u64::from(entry.ttl_secs) {
+            return None;
+        }
+        Some(Lookup::Fresh(Box::new(entry.clone()), resident))
     }
 
     /// Read and decode one entry (with the path's generation when `with_generation`). Anything
@@ -856,7 +977,20 @@ impl Fill {
                 return;
             }
         };
+        let started = Instant::now() - request_time.elapsed().unwrap_or_default();
         let response_time = SystemTime::now();
+        let mut response = response;
+        let config = Arc::clone(&self.job.config);
+        let tags = response_tags(
+            response.headers(),
+            response.extensions(),
+            config.tag_header.as_ref(),
+        );
+        if config.strip_tag_header {
+            if let Some(name) = &config.tag_header {
+                response.headers_mut().remove(name);
+            }
+        }
         let decision = self.storability(&response, request_time, response_time);
         let (key, freshness) = match decision {
             Ok(decided) => decided,
@@ -913,6 +1047,7 @@ impl Fill {
             request_digest: *key.request_digest().as_bytes(),
             target_digest: *key.target_digest().as_bytes(),
             stored_at_ms: now_ms(),
+            generation: self.job.generation,
             ttl_secs: secs_u32(freshness.ttl),
             initial_age_secs: secs_u32(freshness.initial_age),
             stale_while_revalidate_secs: secs_u32(stale_while_revalidate),
@@ -921,14 +1056,14 @@ impl Fill {
             headers: stored_headers,
             body: data,
             trailers,
-            tags: Vec::new(),
+            tags,
         };
         self.job.state.flights.clear_pass(key.entry_key());
         let flight = self.guard.take();
         let lock = self.lock.take();
         // Followers learn the outcome once the (fenced) write has decided it; the flight and
         // the lock stay held until then.
-        self.store(&key, Arc::new(entry), flight, lock);
+        self.store(&key, Arc::new(entry), started, flight, lock);
     }
 
     fn end(&mut self, outcome: FillOutcome) {
@@ -1007,6 +1142,7 @@ impl Fill {
         &self,
         key: &RequestKey,
         entry: Arc<StoredResponse>,
+        started: Instant,
         flight: Option<FlightGuard>,
         lock: Option<HeldLock>,
     ) {
@@ -1035,8 +1171,13 @@ impl Fill {
                 ttl_secs: secs_u32(ttl),
                 fields,
             });
-            Some((base.entry_key().to_owned(), config.codec.encode(&marker)))
+            let encoded = config.codec.encode(&marker);
+            Some((base.entry_key().to_owned(), marker, encoded))
         };
+        let near_marker = marker
+            .as_ref()
+            .map(|(key, marker, _)| (key.clone(), Arc::new(marker.clone())));
+        let marker = marker.map(|(key, _, encoded)| (key, encoded));
         let value = config
             .codec
             .encode(&StoredEntry::Response(StoredResponse::clone(&entry)));
@@ -1047,8 +1188,10 @@ impl Fill {
             let _lock = lock;
             let store = &config.store;
             let deadline = config.write_deadline;
-            let mut written = Ok(true);
-            if let Some((marker_key, marker)) = marker {
+            // A URL, tag or namespace purge since the fill started fences it off, like a
+            // path purge does through the generation.
+            let mut written = Ok(!state.fences.blocks(started, &entry));
+            if let (Ok(true), Some((marker_key, marker))) = (&written, marker) {
                 written = state
                     .guard
                     .run(
@@ -1069,6 +1212,26 @@ impl Fill {
             let outcome = match written {
                 Ok(true) => {
                     bump(&state.counters.stores);
+                    for tag in &entry.tags {
+                        let tag_key = config.deriver.tag_key(tag);
+                        let added = state
+                            .guard
+                            .run(deadline, store.tag_add(&tag_key, &entry_key, ttl))
+                            .await;
+                        if let Err(err) = added {
+                            state.counters.store_error(err.kind());
+                        }
+                    }
+                    if let Some(near) = &state.near {
+                        near.insert(
+                            &entry_key,
+                            Arc::new(StoredEntry::Response(StoredResponse::clone(&entry))),
+                            Duration::from_secs(u64::from(entry.ttl_secs)),
+                        );
+                        if let Some((marker_key, marker)) = &near_marker {
+                            near.insert(marker_key, Arc::clone(marker), ttl);
+                        }
+                    }
                     FillOutcome::Stored(entry)
                 }
                 Ok(false) => {

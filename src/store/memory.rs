@@ -1,6 +1,6 @@
 //! The in-process store: a moka cache bounded by bytes, with a TTL per value.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,12 @@ pub struct MemoryStore {
     /// Path generations (for fenced writes), with their expiry. The lock is only ever held for
     /// a map operation and a cache insert, never across an `.await`.
     generations: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
+    /// Tag sets: members and the set's expiry.
+    tags: Arc<Mutex<HashMap<String, TagSet>>>,
 }
+
+/// A tag set's members and its expiry.
+type TagSet = (HashSet<String>, Instant);
 
 /// Above this many generations, expired ones are swept on the next bump.
 const GENERATION_SWEEP_AT: usize = 10_000;
@@ -84,6 +89,7 @@ impl MemoryStore {
             cache,
             capacity: bytes,
             generations: Arc::default(),
+            tags: Arc::default(),
         }
     }
 
@@ -161,11 +167,6 @@ impl Store for MemoryStore {
         Box::pin(async { Ok(()) })
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
-        self.cache.invalidate(key);
-        Box::pin(async { Ok(()) })
-    }
-
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
@@ -197,6 +198,97 @@ impl Store for MemoryStore {
         }
         drop(generations);
         Box::pin(async move { Ok(written) })
+    }
+
+    fn scan_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        _cursor: u64,
+        _count: usize,
+    ) -> StoreFuture<'a, (u64, Vec<String>)> {
+        // The whole store is in memory: one page holds every match.
+        let keys = self
+            .cache
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(key, _)| (*key).clone())
+            .collect();
+        Box::pin(async move { Ok((0, keys)) })
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, u64> {
+        let mut removed = 0;
+        for key in keys {
+            if self.cache.remove(key.as_str()).is_some() {
+                removed += 1;
+            }
+        }
+        Box::pin(async move { Ok(removed) })
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        let values = keys
+            .iter()
+            .map(|key| self.cache.get(key.as_str()).map(|value| value.bytes))
+            .collect();
+        Box::pin(async move { Ok(values) })
+    }
+
+    fn tag_add<'a>(
+        &'a self,
+        tag_key: &'a str,
+        member: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()> {
+        let mut tags = match self.tags.lock() {
+            Ok(tags) => tags,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        if tags.len() >= GENERATION_SWEEP_AT {
+            tags.retain(|_, (_, until)| *until > now);
+        }
+        let until = now + ttl;
+        let set = tags
+            .entry(tag_key.to_owned())
+            .or_insert_with(|| (HashSet::new(), until));
+        if set.1 <= now {
+            set.0.clear();
+        }
+        set.0.insert(member.to_owned());
+        set.1 = set.1.max(until);
+        drop(tags);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn tag_members<'a>(
+        &'a self,
+        tag_key: &'a str,
+        _cursor: u64,
+        _count: usize,
+    ) -> StoreFuture<'a, (u64, Vec<String>)> {
+        let mut tags = match self.tags.lock() {
+            Ok(tags) => tags,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let members = match tags.get(tag_key) {
+            Some((members, until)) if *until > Instant::now() => members.iter().cloned().collect(),
+            Some(_) => {
+                tags.remove(tag_key);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        drop(tags);
+        Box::pin(async move { Ok((0, members)) })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        self.cache.invalidate(key);
+        if let Ok(mut tags) = self.tags.lock() {
+            tags.remove(key);
+        }
+        Box::pin(async { Ok(()) })
     }
 
     fn bump_generation<'a>(

@@ -132,6 +132,63 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// One page of the keys that start with `prefix`: `(next cursor, keys)`, starting from
+    /// cursor 0 and finished when the next cursor is 0. A page holds about `count` keys (never
+    /// all keys at once: bulk purges walk the pages). The default finds nothing.
+    fn scan_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: u64,
+        count: usize,
+    ) -> StoreFuture<'a, (u64, Vec<String>)> {
+        let _ = (prefix, cursor, count);
+        Box::pin(async { Ok((0, Vec::new())) })
+    }
+
+    /// Remove `keys`; returns how many existed.
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            for key in keys {
+                self.delete(key).await?;
+            }
+            Ok(keys.len() as u64)
+        })
+    }
+
+    /// Read several values at once, in the order of `keys`.
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        Box::pin(async move {
+            let mut values = Vec::with_capacity(keys.len());
+            for key in keys {
+                values.push(self.get(key).await?);
+            }
+            Ok(values)
+        })
+    }
+
+    /// Add `member` (an entry key) to the tag set `tag_key`, whose TTL becomes at least `ttl`
+    /// (a tag set lives as long as its longest-lived member).
+    fn tag_add<'a>(
+        &'a self,
+        tag_key: &'a str,
+        member: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()> {
+        let _ = (tag_key, member, ttl);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// One page of the members of the tag set `tag_key`, like [`Store::scan_prefix`].
+    fn tag_members<'a>(
+        &'a self,
+        tag_key: &'a str,
+        cursor: u64,
+        count: usize,
+    ) -> StoreFuture<'a, (u64, Vec<String>)> {
+        let _ = (tag_key, cursor, count);
+        Box::pin(async { Ok((0, Vec::new())) })
+    }
+
     /// Subscribe to `channel`: messages published by any instance arrive on the receiver, for
     /// as long as it is kept (the store reconnects by itself). `None` when the store has no
     /// events. Called once per layer, inside a Tokio runtime.

@@ -68,6 +68,20 @@ return n
     )
 });
 
+/// Add a member to a tag set and make the set live at least as long as the member.
+static TAG_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < tonumber(ARGV[2]) then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+",
+    )
+});
+
 /// Delete a lock only if it still holds our token.
 static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -337,12 +351,112 @@ impl Store for RedisStore {
         })
     }
 
+    fn scan_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: u64,
+        count: usize,
+    ) -> StoreFuture<'a, (u64, Vec<String>)> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            let pattern = format!("{}*", glob_escape(prefix));
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count.max(1))
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| classify(&err))
+        })
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, u64> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            redis::cmd("UNLINK")
+                .arg(keys)
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| classify(&err))
+        })
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(keys)
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| classify(&err))?;
+            Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+        })
+    }
+
+    fn tag_add<'a>(
+        &'a self,
+        tag_key: &'a str,
+        member: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()> {
+        let mut connection = self.connection.clone();
+        let seconds = ttl.as_secs().max(1);
+        Box::pin(async move {
+            TAG_ADD
+                .key(tag_key)
+                .arg(member)
+                .arg(seconds)
+                .invoke_async::<()>(&mut connection)
+                .await
+                .map_err(|err| classify(&err))
+        })
+    }
+
+    fn tag_members<'a>(
+        &'a self,
+        tag_key: &'a str,
+        cursor: u64,
+        count: usize,
+    ) -> StoreFuture<'a, (u64, Vec<String>)> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            redis::cmd("SSCAN")
+                .arg(tag_key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(count.max(1))
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| classify(&err))
+        })
+    }
+
     fn subscribe(&self, channel: &str) -> Option<mpsc::Receiver<Bytes>> {
         let client = self.client.clone()?;
         let (sender, receiver) = mpsc::channel(1024);
         tokio::spawn(listen(client, channel.to_owned(), sender));
         Some(receiver)
     }
+}
+
+/// Escape the glob characters of a key prefix for `SCAN MATCH`.
+fn glob_escape(prefix: &str) -> String {
+    let mut escaped = String::with_capacity(prefix.len() + 4);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// Keep a subscription to `channel` open, reconnecting with a capped back-off, until the

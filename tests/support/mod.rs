@@ -5,4 +5,5 @@
 #![allow(dead_code)]
 
 pub mod origin;
+pub mod proxy_support;
 pub mod redis_server;
