@@ -103,7 +103,7 @@
 //!
 //! - `redis` (default): [`RedisStore`];
 //! - `memory` (default): [`MemoryStore`];
-//! - `axum`: Axum helpers.
+//! - `axum`: the [`admin`] purge router for Axum.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -112,9 +112,12 @@
     clippy::await_holding_lock
 )]
 
+#[cfg(feature = "axum")]
+pub mod admin;
 mod body;
 mod breaker;
 mod coalesce;
+mod conditional;
 pub mod entry;
 mod error;
 mod events;

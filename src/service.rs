@@ -31,6 +31,7 @@ use tower_service::Service;
 
 use crate::body::{pump, CacheBody, Collected};
 use crate::coalesce::{follow, FillOutcome, FlightGuard, Join};
+use crate::conditional::{add_validators, freshen, is_not_modified, not_modified_headers};
 use crate::entry::{StoredEntry, StoredResponse, VaryMarker};
 use crate::events::Event;
 use crate::headers::{CacheOutcome, CacheStatus};
@@ -219,6 +220,8 @@ where
             info,
             target,
             generation: 0,
+            conditional: conditional_headers(request.headers()),
+            revalidate: None,
         };
         ResponseFuture {
             kind: FutureKind::Cached {
@@ -321,6 +324,10 @@ struct Job {
     target: CanonicalTarget,
     /// The path's purge generation when the lookup ran: fills are fenced with it.
     generation: u64,
+    /// The request's conditional headers, when it has any (answered from stored entries).
+    conditional: Option<Arc<HeaderMap>>,
+    /// An expired entry the fill revalidates with the origin (with its validators).
+    revalidate: Option<Arc<StoredResponse>>,
 }
 
 /// What a store lookup found.
@@ -329,6 +336,8 @@ enum Lookup {
     Fresh(Box<StoredResponse>, u64),
     /// An expired entry still inside one of its stale windows, and the key to refill.
     Stale(Box<StoredResponse>, u64, RequestKey),
+    /// An expired entry past its stale windows: a miss, revalidated with its validators.
+    Expired(Box<StoredResponse>, RequestKey),
     /// Nothing usable; fill under this key.
     Miss(RequestKey),
     /// The store failed: behave as if there were no cache.
@@ -394,7 +403,12 @@ impl Job {
                     self.refresh(ready, request, key);
                     return Ok(answer);
                 }
+                self.revalidate = Some(Arc::new((*entry).clone()));
                 (key, Some((entry, resident)))
+            }
+            Lookup::Expired(entry, key) => {
+                self.revalidate = Some(Arc::from(entry));
+                (key, None)
             }
             Lookup::Miss(key) => (key, None),
         };
@@ -664,7 +678,7 @@ impl Job {
         if stale_by(&entry, resident) < u64::from(window) {
             Lookup::Stale(Box::new(entry), resident, key)
         } else {
-            Lookup::Miss(key)
+            Lookup::Expired(Box::new(entry), key)
         }
     }
 
@@ -799,14 +813,27 @@ impl Job {
         outcome: CacheOutcome,
         detail: Option<&'static str>,
     ) -> Response<CacheBody<B>> {
-        let body = if self.info.is_head {
-            CacheBody::empty()
+        let not_modified = entry.status == StatusCode::OK
+            && self
+                .conditional
+                .as_ref()
+                .is_some_and(|request| is_not_modified(request, &entry.headers));
+        let mut response = if not_modified {
+            let mut response = Response::new(CacheBody::empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            *response.headers_mut() = not_modified_headers(&entry.headers);
+            response
         } else {
-            CacheBody::full(entry.body.clone(), entry.trailers.clone())
+            let body = if self.info.is_head {
+                CacheBody::empty()
+            } else {
+                CacheBody::full(entry.body.clone(), entry.trailers.clone())
+            };
+            let mut response = Response::new(body);
+            *response.status_mut() = entry.status;
+            *response.headers_mut() = entry.headers.clone();
+            response
         };
-        let mut response = Response::new(body);
-        *response.status_mut() = entry.status;
-        *response.headers_mut() = entry.headers.clone();
         let age = u64::from(entry.initial_age_secs).saturating_add(resident);
         response.headers_mut().insert(AGE, HeaderValue::from(age));
         let ttl = i64::from(entry.ttl_secs) - i64::try_from(resident).unwrap_or(i64::MAX);
@@ -968,6 +995,11 @@ impl Fill {
         let counters = &self.job.state.counters;
         bump(&counters.fills_in_flight);
         let _in_flight = InFlight(Arc::clone(&self.job.state));
+        let mut request = request;
+        let revalidating = match &self.job.revalidate {
+            Some(entry) => add_validators(request.headers_mut(), &entry.headers),
+            None => false,
+        };
         let request_time = SystemTime::now();
         let response = match service.oneshot(request).await {
             Ok(response) => response,
@@ -979,6 +1011,12 @@ impl Fill {
         };
         let started = Instant::now() - request_time.elapsed().unwrap_or_default();
         let response_time = SystemTime::now();
+        if let (true, StatusCode::NOT_MODIFIED, Some(old)) =
+            (revalidating, response.status(), self.job.revalidate.clone())
+        {
+            self.freshen(old, response, request_time, response_time, started, reply);
+            return;
+        }
         let mut response = response;
         let config = Arc::clone(&self.job.config);
         let tags = response_tags(
@@ -1069,6 +1107,81 @@ impl Fill {
     fn end(&mut self, outcome: FillOutcome) {
         if let Some(guard) = self.guard.take() {
             guard.finish(outcome);
+        }
+    }
+
+    /// The origin confirmed an expired entry (304): refresh its headers and freshness, keep
+    /// its body, store it again and answer with it.
+    fn freshen<B: Body, E>(
+        mut self,
+        old: Arc<StoredResponse>,
+        not_modified: Response<B>,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        started: Instant,
+        reply: Reply<B, E>,
+    ) {
+        let config = Arc::clone(&self.job.config);
+        let headers = storable_headers(&freshen(&old.headers, not_modified.headers()));
+        let decided = config.policy.storability(
+            &self.job.info,
+            old.status,
+            &headers,
+            not_modified.extensions(),
+            request_time,
+            response_time,
+        );
+        let mut entry = StoredResponse::clone(&old);
+        entry.headers = headers;
+        entry.stored_at_ms = now_ms();
+        entry.generation = self.job.generation;
+        let status = match decided {
+            Ok(freshness) => {
+                entry.ttl_secs = secs_u32(freshness.ttl);
+                entry.initial_age_secs = secs_u32(freshness.initial_age);
+                let (swr, sie) = self.stale_windows(&entry.headers, &freshness);
+                entry.stale_while_revalidate_secs = secs_u32(swr);
+                entry.stale_if_error_secs = secs_u32(sie);
+                CacheStatus {
+                    outcome: CacheOutcome::Miss,
+                    stored: true,
+                    ttl: Some(i64::from(entry.ttl_secs)),
+                    detail: Some("revalidated"),
+                }
+            }
+            Err(reason) => {
+                self.job.state.counters.not_stored(reason);
+                entry.ttl_secs = 0;
+                CacheStatus {
+                    outcome: CacheOutcome::Miss,
+                    stored: false,
+                    ttl: None,
+                    detail: Some(reason.as_str()),
+                }
+            }
+        };
+        let mut answer = self.job.answer(&entry, 0, CacheOutcome::Miss, None);
+        answer.headers_mut().remove(AGE);
+        let answer = self.job.mark(answer, status);
+        let _ = reply.send(Ok(answer));
+        if !status.stored {
+            self.end(FillOutcome::NotShareable);
+            return;
+        }
+        let key = self.job.config.deriver.request_key(
+            &self.method,
+            &self.job.target,
+            &self.vary_values_of(&entry.headers),
+        );
+        let flight = self.guard.take();
+        let lock = self.lock.take();
+        self.store(&key, Arc::new(entry), started, flight, lock);
+    }
+
+    fn vary_values_of(&self, headers: &HeaderMap) -> Vec<(HeaderName, Option<Vec<u8>>)> {
+        match vary_list(headers) {
+            VaryList::Fields(fields) => vary_values(&fields, &self.request_headers),
+            VaryList::Star => Vec::new(),
         }
     }
 
@@ -1251,6 +1364,13 @@ impl Fill {
             }
         });
     }
+}
+
+/// A copy of the request's conditional headers, when it has any.
+fn conditional_headers(headers: &HeaderMap) -> Option<Arc<HeaderMap>> {
+    let conditional = headers.contains_key(http::header::IF_NONE_MATCH)
+        || headers.contains_key(http::header::IF_MODIFIED_SINCE);
+    conditional.then(|| Arc::new(headers.clone()))
 }
 
 /// Counts a fill as in flight for as long as it lives.
