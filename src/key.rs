@@ -187,6 +187,84 @@ impl CanonicalTarget {
     pub fn query(&self) -> Option<&str> {
         self.query.as_deref()
     }
+
+    /// The same target with its query reshaped: parameters whose (canonical) name `keep`
+    /// refuses are dropped, and the values of those `normalise` names are folded (see
+    /// [`fold_query_value`]). The order of what is kept does not change. Parameters are split on
+    /// `&` only, as everywhere in this module.
+    pub fn shape_query(
+        &self,
+        keep: impl Fn(&str) -> bool,
+        normalise: impl Fn(&str) -> bool,
+    ) -> CanonicalTarget {
+        let Some(query) = &self.query else {
+            return self.clone();
+        };
+        let mut shaped = String::with_capacity(query.len());
+        for pair in query.split('&') {
+            let (name, value) = match pair.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (pair, None),
+            };
+            if !keep(name) {
+                continue;
+            }
+            if !shaped.is_empty() {
+                shaped.push('&');
+            }
+            shaped.push_str(name);
+            if let Some(value) = value {
+                shaped.push('=');
+                if normalise(name) {
+                    shaped.push_str(&fold_query_value(value));
+                } else {
+                    shaped.push_str(value);
+                }
+            }
+        }
+        CanonicalTarget {
+            host: self.host.clone(),
+            path: self.path.clone(),
+            query: Some(shaped),
+        }
+    }
+}
+
+/// Fold a canonical query value for keys where the route opted in: decode it, lower-case it,
+/// collapse runs of white space (`+` counts as a space) into one space, trim it, and encode it
+/// again, so `How%20do%20I` and `how+do++i` share one key.
+pub fn fold_query_value(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => decoded.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(byte) => {
+                        decoded.push(byte);
+                        i += 2;
+                    }
+                    Err(_) => decoded.push(b'%'),
+                }
+            }
+            other => decoded.push(other),
+        }
+        i += 1;
+    }
+    let text = String::from_utf8_lossy(&decoded).to_lowercase();
+    let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut encoded = String::with_capacity(folded.len());
+    for byte in folded.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 // ---------------------------------------------------------------------------------------------

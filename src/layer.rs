@@ -1,6 +1,7 @@
 //! [`CacheLayer`]: every setting, with its default, in one place.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -90,6 +91,27 @@ pub(crate) struct State {
     pub(crate) near: Option<NearCache>,
     /// This layer's name on the events channel (so it can ignore its own purges).
     pub(crate) instance: String,
+    /// The distinct keys stored per capped route (by the route's position).
+    route_keys: Mutex<HashMap<usize, HashSet<[u8; 16]>>>,
+}
+
+impl State {
+    /// Whether a capped route may store the key `digest` (it already has it, or has room).
+    pub(crate) fn admit_key(&self, route: usize, cap: usize, digest: &[u8; 16]) -> bool {
+        let mut routes = match self.route_keys.lock() {
+            Ok(routes) => routes,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let keys = routes.entry(route).or_default();
+        if keys.contains(digest) {
+            return true;
+        }
+        if keys.len() >= cap {
+            return false;
+        }
+        keys.insert(*digest);
+        true
+    }
 }
 
 /// The settings [`State`] is built from.
@@ -108,6 +130,7 @@ impl State {
             fences: Fences::default(),
             near: settings.near_cache.map(NearCache::new),
             instance: format!("{:016x}", fastrand::u64(..)),
+            route_keys: Mutex::default(),
             counters: Counters::default(),
             guard: Guard::new(threshold, cool_down),
             flights: Arc::new(Flights::default()),

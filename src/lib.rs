@@ -136,7 +136,7 @@ pub use breaker::BreakerState;
 pub use error::{Error, StoreError, StoreErrorKind};
 pub use headers::{CacheOutcome, CacheStatus};
 pub use layer::{CacheLayer, DEFAULT_NAMESPACE, DEFAULT_VERSION};
-pub use policy::{BypassReason, CacheTtl, Mode, NoStore, NotStorable, Policy, Route};
+pub use policy::{BypassReason, CacheTtl, Mode, NoStore, NotStorable, Policy, QueryShape, Route};
 pub use purge::{CacheTags, PurgeReport, PurgeTarget, Purger};
 pub use service::{CacheService, ResponseFuture};
 pub use stats::Stats;

@@ -48,6 +48,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName};
@@ -269,6 +270,48 @@ pub struct Route {
     ttl: Option<Duration>,
     bypass: bool,
     allow_authenticated: bool,
+    shape: Option<Arc<QueryShape>>,
+    max_keys: Option<usize>,
+}
+
+/// How a route shapes the query part of its keys (see [`Route::query_keep`],
+/// [`Route::query_drop`] and [`Route::normalise_param`]). By default every parameter and every
+/// byte is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueryShape {
+    keep: Option<Vec<String>>,
+    drop: Vec<String>,
+    normalise: Vec<String>,
+}
+
+/// `utm_*` matches every name starting with `utm_`; anything else matches exactly.
+fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+impl QueryShape {
+    /// Whether the parameter `name` stays in the key.
+    pub fn keeps(&self, name: &str) -> bool {
+        let allowed = self
+            .keep
+            .as_ref()
+            .is_none_or(|keep| keep.iter().any(|p| name_matches(p, name)));
+        allowed && !self.drop.iter().any(|p| name_matches(p, name))
+    }
+
+    /// Whether the value of `name` is folded before it goes into the key.
+    pub fn normalises(&self, name: &str) -> bool {
+        self.normalise.iter().any(|p| name_matches(p, name))
+    }
+
+    /// Whether the shape may drop parameters (then a query with `;` is not keyed, since an
+    /// origin that also splits on `;` would see parameters the key does not: cloaking).
+    pub fn drops_parameters(&self) -> bool {
+        self.keep.is_some() || !self.drop.is_empty()
+    }
 }
 
 impl Route {
@@ -278,7 +321,45 @@ impl Route {
             ttl: None,
             bypass: false,
             allow_authenticated: false,
+            shape: None,
+            max_keys: None,
         }
+    }
+
+    fn shape_mut(&mut self) -> &mut QueryShape {
+        Arc::make_mut(self.shape.get_or_insert_with(Arc::default))
+    }
+
+    /// Key this route's requests on these query parameters only (an allow-list; `name*`
+    /// matches a prefix). Requests whose query contains `;` then bypass the cache.
+    pub fn query_keep(mut self, names: &[&str]) -> Self {
+        self.shape_mut().keep = Some(names.iter().map(|n| (*n).to_owned()).collect());
+        self
+    }
+
+    /// Leave these query parameters out of this route's keys (a deny-list, for example
+    /// `utm_*`). Requests whose query contains `;` then bypass the cache.
+    pub fn query_drop(mut self, names: &[&str]) -> Self {
+        self.shape_mut()
+            .drop
+            .extend(names.iter().map(|n| (*n).to_owned()));
+        self
+    }
+
+    /// Fold the value of this query parameter before it goes into the key: case, surrounding
+    /// and repeated white space do not count, so `?q=How do I` and `?q=how  do i` share an
+    /// entry. Only for parameters the origin itself treats that way.
+    pub fn normalise_param(mut self, name: &str) -> Self {
+        self.shape_mut().normalise.push(name.to_owned());
+        self
+    }
+
+    /// Store at most `keys` distinct keys for this route in each process; further variants are
+    /// served but not stored (counted as `key-cap`), which stops a flood of random queries from
+    /// filling the store.
+    pub fn max_keys(mut self, keys: usize) -> Self {
+        self.max_keys = Some(keys);
+        self
     }
 
     /// A rule for exactly this path.
@@ -409,6 +490,9 @@ pub enum BypassReason {
     Upgrade,
     /// The request asks for a range (`Range`); this cache does not serve partial content.
     Range,
+    /// The route drops query parameters from its keys and the query contains `;`, which some
+    /// origins also treat as a separator (parameter cloaking).
+    QuerySeparator,
 }
 
 impl BypassReason {
@@ -423,6 +507,7 @@ impl BypassReason {
         BypassReason::Route,
         BypassReason::Upgrade,
         BypassReason::Range,
+        BypassReason::QuerySeparator,
     ];
 
     /// A stable kebab-case name, for `Cache-Status` details and statistics.
@@ -437,6 +522,7 @@ impl BypassReason {
             BypassReason::Route => "route",
             BypassReason::Upgrade => "upgrade",
             BypassReason::Range => "range",
+            BypassReason::QuerySeparator => "query-separator",
         }
     }
 }
@@ -482,6 +568,8 @@ pub enum NotStorable {
     Incomplete,
     /// The response is partial: status 206, or a `Content-Range` header.
     ContentRange,
+    /// The route already stores as many distinct keys as [`Route::max_keys`] allows.
+    KeyCap,
 }
 
 impl NotStorable {
@@ -500,6 +588,7 @@ impl NotStorable {
         NotStorable::EventStream,
         NotStorable::Incomplete,
         NotStorable::ContentRange,
+        NotStorable::KeyCap,
     ];
 
     /// A stable kebab-case name, for `Cache-Status` details and statistics.
@@ -518,6 +607,7 @@ impl NotStorable {
             NotStorable::EventStream => "event-stream",
             NotStorable::Incomplete => "incomplete",
             NotStorable::ContentRange => "content-range",
+            NotStorable::KeyCap => "key-cap",
         }
     }
 }
@@ -546,6 +636,10 @@ pub enum RequestDecision {
 pub struct RequestInfo {
     /// The TTL of the matching route, if it has one.
     pub route_ttl: Option<Duration>,
+    /// The matching route's query shaping, if it has any.
+    pub shape: Option<Arc<QueryShape>>,
+    /// The matching route's key cap: (the route's position among the rules, the cap).
+    pub max_keys: Option<(usize, usize)>,
     /// The request carried `Authorization` or `Cookie` on a route that allows it; only responses
     /// with `public` or `s-maxage` may be stored for it or served to it.
     pub authenticated: bool,
@@ -883,8 +977,15 @@ impl Policy {
             || matches!(cc.max_age, Some(Directive::Seconds(0) | Directive::Invalid))
             || (!headers.contains_key(header::CACHE_CONTROL)
                 && has_token(headers, &header::PRAGMA, "no-cache"));
+        let max_keys = route.and_then(|route| {
+            let cap = route.max_keys?;
+            let index = self.routes.iter().position(|r| std::ptr::eq(r, route))?;
+            Some((index, cap))
+        });
         RequestDecision::Cache(RequestInfo {
             route_ttl: route.and_then(Route::get_ttl),
+            shape: route.and_then(|route| route.shape.clone()),
+            max_keys,
             authenticated: allow_authenticated && (has_authorization || has_cookie),
             only_if_cached: cc.only_if_cached,
             no_cache: self.honour_client_no_cache && wants_end_to_end,
@@ -2060,6 +2161,7 @@ mod tests {
                 BypassReason::Route => 6,
                 BypassReason::Upgrade => 7,
                 BypassReason::Range => 8,
+                BypassReason::QuerySeparator => 9,
             }
         }
         let names: HashSet<&str> = BypassReason::ALL.iter().map(BypassReason::as_str).collect();
@@ -2073,7 +2175,7 @@ mod tests {
                 .all(|b| b.is_ascii_lowercase() || b == b'-'));
         }
         assert_eq!(BypassReason::RequestNoStore.as_str(), "request-no-store");
-        assert_eq!(BypassReason::ALL.len(), 9);
+        assert_eq!(BypassReason::ALL.len(), 10);
     }
 
     #[test]
@@ -2093,6 +2195,7 @@ mod tests {
                 NotStorable::EventStream => 10,
                 NotStorable::Incomplete => 11,
                 NotStorable::ContentRange => 12,
+                NotStorable::KeyCap => 13,
             }
         }
         let names: HashSet<&str> = NotStorable::ALL.iter().map(NotStorable::as_str).collect();
@@ -2106,7 +2209,7 @@ mod tests {
                 .all(|b| b.is_ascii_lowercase() || b == b'-'));
         }
         assert_eq!(NotStorable::SetCookie.as_str(), "set-cookie");
-        assert_eq!(NotStorable::ALL.len(), 13);
+        assert_eq!(NotStorable::ALL.len(), 14);
     }
 
     // ---- settings --------------------------------------------------------------------------

@@ -211,6 +211,20 @@ where
                 return self.bypass(request, Some(status), rejection.as_str());
             }
         };
+        let target = match &info.shape {
+            None => target,
+            Some(shape) => {
+                if shape.drops_parameters()
+                    && request.uri().query().is_some_and(|q| q.contains(';'))
+                {
+                    let reason = BypassReason::QuerySeparator;
+                    self.state.counters.bypassed(reason);
+                    let status = config.bypass_status(reason).cloned();
+                    return self.bypass(request, status, reason.as_str());
+                }
+                target.shape_query(|name| shape.keeps(name), |name| shape.normalises(name))
+            }
+        };
         // The readied service is the one that must be called: take it, leave a clone behind.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
@@ -1246,6 +1260,15 @@ impl Fill {
         let key = config
             .deriver
             .request_key(&self.method, &self.job.target, &values);
+        if let Some((route, cap)) = self.job.info.max_keys {
+            if !self
+                .job
+                .state
+                .admit_key(route, cap, key.request_digest().as_bytes())
+            {
+                return Err(NotStorable::KeyCap);
+            }
+        }
         Ok((key, freshness))
     }
 

@@ -558,3 +558,42 @@ async fn namespace_and_version_shape_the_keys() {
     assert!(keys[0].starts_with("shop:v7:{"), "{keys:?}");
     assert!(keys[0].contains("}:e:"), "{keys:?}");
 }
+
+#[tokio::test]
+async fn query_shaping_shares_entries_and_key_caps_stop_new_variants() {
+    let layer = memory_layer()
+        .route(Route::prefix("/articles").query_drop(&["utm_*"]))
+        .route(Route::exact("/faq").normalise_param("q"))
+        .route(Route::exact("/search").max_keys(2));
+    let (client, calls) = start(layer.clone()).await;
+
+    client.get("/articles/1?id=7&utm_source=news").await;
+    stored(&layer, 1).await;
+    let shaped = client.get("/articles/1?utm_campaign=x&id=7").await;
+    assert!(shaped.is_hit(), "{}", shaped.cache_status());
+    assert!(!client.get("/articles/1?id=8").await.is_hit());
+    // Dropping parameters makes `;` ambiguous: such queries are not keyed at all.
+    let cloaked = client.get("/articles/1?id=7;utm_source=x").await;
+    assert!(cloaked.cache_status().ends_with("detail=query-separator"));
+
+    client
+        .get("/faq?q=How%20do%20I%20open%20an%20account%3F")
+        .await;
+    stored(&layer, 3).await;
+    let folded = client.get("/faq?q=how+do+i++open+an+account%3F").await;
+    assert!(folded.is_hit(), "{}", folded.cache_status());
+    assert_eq!(calls.of("/faq"), 1);
+
+    for q in ["a", "b", "c"] {
+        client.get(&format!("/search?q={q}")).await;
+    }
+    let capped = client.get("/search?q=c").await;
+    assert!(!capped.is_hit());
+    assert!(
+        capped.cache_status().contains("detail=key-cap"),
+        "{}",
+        capped.cache_status()
+    );
+    assert!(client.get("/search?q=a").await.is_hit());
+    assert_eq!(layer.stats().not_stored_by["key-cap"], 2);
+}
