@@ -474,13 +474,24 @@ impl Job {
                 // Waiting costs no capacity of the inner service: give the readied one back.
                 let spare = ready.clone();
                 drop(ready);
-                return match follow(slot, self.config.lock_wait).await {
-                    FillOutcome::Stored(entry) if self.shares(&entry, &request) => {
+                match follow(slot, self.config.lock_wait).await {
+                    Some(FillOutcome::Stored(entry)) if self.shares(&entry, &request) => {
                         bump(&self.state.counters.collapsed);
-                        Ok(self.answer(&entry, 0, CacheOutcome::Collapsed, None))
+                        return Ok(self.answer(&entry, 0, CacheOutcome::Collapsed, None));
                     }
-                    _ => self.clone().fill(spare, request, None, None).await,
-                };
+                    // Not shareable or failed: each follower asks the origin on its own.
+                    Some(_) => return self.clone().fill(spare, request, None, None).await,
+                    None => {}
+                }
+                // We stopped waiting, but the entry may have landed anyway (another instance's
+                // fill, whose event was missed): look once more before calling the origin.
+                let (method, headers) = (request.method().clone(), request.headers().clone());
+                let mut probe = self.clone();
+                if let Lookup::Fresh(entry, resident) = probe.lookup(base, &method, &headers).await {
+                    bump(&self.state.counters.collapsed);
+                    return Ok(self.answer(&entry, resident, CacheOutcome::Collapsed, None));
+                }
+                return self.clone().fill(spare, request, None, None).await;
             }
         };
         if !self.config.store.is_shared() {

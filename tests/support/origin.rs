@@ -47,7 +47,8 @@ impl Calls {
 /// - `size=N`: a body of N bytes (streamed in 16 KiB chunks, no Content-Length);
 /// - `delay=MS`: wait before answering;
 /// - `reflect=NAME`: copy request header NAME into the body;
-/// - `sse=1`: `text/event-stream`.
+/// - `sse=1`: `text/event-stream`;
+/// - `tag=...`: a `Surrogate-Key` value (space-separated tags, `+` for a space).
 pub fn app(calls: Calls) -> Router {
     Router::new().fallback(any(handler)).with_state(calls)
 }
@@ -94,6 +95,9 @@ async fn handler(State(calls): State<Calls>, request: Request) -> Response {
     }
     if get("cookie").is_some() {
         builder = builder.header("set-cookie", format!("session=s{n}"));
+    }
+    if let Some(tags) = get("tag") {
+        builder = builder.header("surrogate-key", tags);
     }
     if get("sse").is_some() {
         builder = builder.header("content-type", "text/event-stream");
