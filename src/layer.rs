@@ -13,6 +13,7 @@ use crate::coalesce::Flights;
 use crate::entry::EntryCodec;
 use crate::error::Error;
 use crate::events::{Events, PurgeHandler};
+use crate::grpc::GrpcMethod;
 use crate::headers::{is_valid_cache_name, CacheStatus};
 use crate::key::KeyDeriver;
 use crate::near::NearCache;
@@ -53,6 +54,8 @@ pub(crate) struct Config {
     pub(crate) tag_header: Option<HeaderName>,
     pub(crate) strip_tag_header: bool,
     pub(crate) invalidate_on_write: bool,
+    pub(crate) grpc: Vec<GrpcMethod>,
+    pub(crate) grpc_message_limit: usize,
     /// `Cache-Status` of a bypass, one per [`BypassReason::ALL`] entry, built once.
     pub(crate) bypass_status: Vec<HeaderValue>,
 }
@@ -239,6 +242,8 @@ impl CacheLayer {
             tag_header: Some(HeaderName::from_static("surrogate-key")),
             strip_tag_header: true,
             invalidate_on_write: true,
+            grpc: Vec::new(),
+            grpc_message_limit: 64 * 1024,
             bypass_status: Vec::new(),
         };
         config.rebuild();
@@ -494,6 +499,20 @@ impl CacheLayer {
     /// the entries of its path (RFC 9111 section 4.4; default yes).
     pub fn invalidate_on_write(mut self, yes: bool) -> Self {
         self.config_mut().invalidate_on_write = yes;
+        self
+    }
+
+    /// Cache the calls of a gRPC method (or of every method of a service). Only unary methods
+    /// should be opted in; see the [`grpc`](crate::grpc) module.
+    pub fn grpc(mut self, method: GrpcMethod) -> Self {
+        self.config_mut().grpc.push(method);
+        self
+    }
+
+    /// Largest gRPC request message read into the key (default 64 KiB); calls with larger ones
+    /// bypass the cache.
+    pub fn grpc_message_limit(mut self, bytes: usize) -> Self {
+        self.config_mut().grpc_message_limit = bytes;
         self
     }
 

@@ -103,7 +103,8 @@
 //!
 //! - `redis` (default): [`RedisStore`];
 //! - `memory` (default): [`MemoryStore`];
-//! - `axum`: the [`admin`] purge router for Axum.
+//! - `axum`: the [`admin`] purge router for Axum;
+//! - `tonic`: caching of opted-in unary gRPC methods of Tonic servers (see [`grpc`]).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -121,6 +122,7 @@ mod conditional;
 pub mod entry;
 mod error;
 mod events;
+pub mod grpc;
 mod headers;
 pub mod key;
 mod layer;

@@ -34,12 +34,14 @@ use crate::coalesce::{follow, FillOutcome, FlightGuard, Join};
 use crate::conditional::{add_validators, freshen, is_not_modified, not_modified_headers};
 use crate::entry::{StoredEntry, StoredResponse, VaryMarker};
 use crate::events::Event;
+use crate::grpc::GrpcMethod;
+use crate::grpc::{capture, is_grpc, is_trailers_only, succeeded as grpc_succeeded, Captured};
 use crate::headers::{CacheOutcome, CacheStatus};
 use crate::key::{vary_values, CanonicalTarget, RequestKey};
 use crate::layer::{Config, State};
 use crate::policy::{
-    is_hop_by_hop, vary_list, BypassReason, CacheControl, Freshness, NotStorable, RequestDecision,
-    RequestInfo, VaryList,
+    is_hop_by_hop, vary_list, BypassReason, CacheControl, CacheTtl, Freshness, NotStorable,
+    RequestDecision, RequestInfo, VaryList,
 };
 use crate::purge::{response_tags, Purger};
 use crate::stats::bump;
@@ -177,6 +179,15 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if !self.config.grpc.is_empty()
+            && request.method() == Method::POST
+            && is_grpc(request.headers())
+        {
+            let path = request.uri().path();
+            if let Some(method) = self.config.grpc.iter().find(|m| m.matches(path)).cloned() {
+                return self.grpc_call(request, method);
+            }
+        }
         let config = &self.config;
         let decision =
             config
@@ -236,6 +247,8 @@ where
             generation: 0,
             conditional: conditional_headers(request.headers()),
             revalidate: None,
+            extra: None,
+            grpc: false,
         };
         ResponseFuture {
             kind: FutureKind::Cached {
@@ -246,6 +259,95 @@ where
 }
 
 impl<S> CacheService<S> {
+    /// An opted-in gRPC call: read its message into the key, then the usual cache path.
+    fn grpc_call<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+        method: GrpcMethod,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body + Send + 'static,
+        ResBody::Data: Send,
+        ResBody::Error: Send + 'static,
+    {
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let config = Arc::clone(&self.config);
+        let state = Arc::clone(&self.state);
+        let future = async move {
+            let bypass = |detail: &'static str| CacheStatus::bypass(detail);
+            let mark = |mut response: Response<CacheBody<ResBody>>, status: CacheStatus| {
+                response.headers_mut().insert(
+                    CACHE_STATUS.clone(),
+                    status.header_value(&config.cache_name),
+                );
+                response.extensions_mut().insert(status);
+                response
+            };
+            if !method.allows_authorization()
+                && request.headers().contains_key(http::header::AUTHORIZATION)
+            {
+                state.counters.bypassed(BypassReason::Authorization);
+                let response = ready.oneshot(request).await?;
+                return Ok(mark(
+                    response.map(CacheBody::inner),
+                    bypass("authorization"),
+                ));
+            }
+            let (request, message) = match capture(request, config.grpc_message_limit).await {
+                Captured::Message(request, message) => (request, message),
+                Captured::Uncacheable(request) => {
+                    let response = ready.oneshot(request).await?;
+                    return Ok(mark(response.map(CacheBody::inner), bypass("grpc-message")));
+                }
+            };
+            let target = match config.deriver.canonicalize(
+                request.method(),
+                request.uri(),
+                request.headers(),
+            ) {
+                Ok(target) => target,
+                Err(rejection) => {
+                    bump(&state.counters.uri_rejected);
+                    let response = ready.oneshot(request).await?;
+                    return Ok(mark(
+                        response.map(CacheBody::inner),
+                        bypass(rejection.as_str()),
+                    ));
+                }
+            };
+            let mut extra: Vec<VaryValue> = vec![(
+                HeaderName::from_static("grpc-message"),
+                Some(message.to_vec()),
+            )];
+            extra.extend(vary_values(method.metadata(), request.headers()));
+            let job = Job {
+                config: Arc::clone(&config),
+                state: Arc::clone(&state),
+                info: RequestInfo {
+                    route_ttl: method.get_ttl(),
+                    ..RequestInfo::default()
+                },
+                target,
+                generation: 0,
+                conditional: None,
+                revalidate: None,
+                extra: Some(Arc::from(extra)),
+                grpc: true,
+            };
+            job.run(ready, request).await
+        };
+        ResponseFuture {
+            kind: FutureKind::Cached {
+                future: Box::pin(future),
+            },
+        }
+    }
+
     /// A write (POST, PUT, PATCH, DELETE): passed through, and once it has succeeded (2xx or
     /// 3xx) its path is purged before the response is handed back, so the writer's next read
     /// sees the new state (RFC 9111 section 4.4).
@@ -342,7 +444,13 @@ struct Job {
     conditional: Option<Arc<HeaderMap>>,
     /// An expired entry the fill revalidates with the origin (with its validators).
     revalidate: Option<Arc<StoredResponse>>,
+    /// Key components beyond the target (a gRPC call's message and metadata).
+    extra: Option<Arc<[VaryValue]>>,
+    /// The request is an opted-in gRPC call.
+    grpc: bool,
 }
+
+type VaryValue = (HeaderName, Option<Vec<u8>>);
 
 /// What a store lookup found.
 enum Lookup {
@@ -371,6 +479,18 @@ fn stale_by(entry: &StoredResponse, resident: u64) -> u64 {
 }
 
 impl Job {
+    /// The keys of this request for the given Vary values (plus any extra key components).
+    fn key_for(&self, method: &Method, vary: &[VaryValue]) -> RequestKey {
+        match &self.extra {
+            None => self.config.deriver.request_key(method, &self.target, vary),
+            Some(extra) => {
+                let mut all = extra.to_vec();
+                all.extend_from_slice(vary);
+                self.config.deriver.request_key(method, &self.target, &all)
+            }
+        }
+    }
+
     async fn run<S, ReqBody, ResBody>(
         mut self,
         ready: S,
@@ -385,10 +505,7 @@ impl Job {
         ResBody::Data: Send,
         ResBody::Error: Send + 'static,
     {
-        let base = self
-            .config
-            .deriver
-            .request_key(request.method(), &self.target, &[]);
+        let base = self.key_for(request.method(), &[]);
         let (key, stale) = match self
             .lookup(&base, request.method(), request.headers())
             .await
@@ -487,7 +604,8 @@ impl Job {
                 // fill, whose event was missed): look once more before calling the origin.
                 let (method, headers) = (request.method().clone(), request.headers().clone());
                 let mut probe = self.clone();
-                if let Lookup::Fresh(entry, resident) = probe.lookup(base, &method, &headers).await {
+                if let Lookup::Fresh(entry, resident) = probe.lookup(base, &method, &headers).await
+                {
                     bump(&self.state.counters.collapsed);
                     return Ok(self.answer(&entry, resident, CacheOutcome::Collapsed, None));
                 }
@@ -667,10 +785,7 @@ impl Job {
             StoredEntry::Response(response) => (response, base.clone()),
             StoredEntry::Vary(marker) => {
                 let values = vary_values(&marker.fields, headers);
-                let variant = self
-                    .config
-                    .deriver
-                    .request_key(method, &self.target, &values);
+                let variant = self.key_for(method, &values);
                 match self.read(&variant, false).await {
                     Ok(Some(StoredEntry::Response(response))) => (response, variant),
                     Ok(Some(StoredEntry::Vary(_))) | Ok(None) => return Lookup::Miss(variant),
@@ -721,10 +836,7 @@ impl Job {
         let mut found = near.get(base.entry_key())?;
         if let StoredEntry::Vary(marker) = &*found {
             let values = vary_values(&marker.fields, headers);
-            let variant = self
-                .config
-                .deriver
-                .request_key(method, &self.target, &values);
+            let variant = self.key_for(method, &values);
             found = near.get(variant.entry_key())?;
         }
         let StoredEntry::Response(entry) = &*found else {
@@ -823,10 +935,7 @@ impl Job {
             VaryList::Fields(fields) => fields,
         };
         let values = vary_values(&fields, request.headers());
-        let key = self
-            .config
-            .deriver
-            .request_key(request.method(), &self.target, &values);
+        let key = self.key_for(request.method(), &values);
         key.request_digest().as_bytes() == &entry.request_digest
     }
 
@@ -1054,7 +1163,19 @@ impl Fill {
                 response.headers_mut().remove(name);
             }
         }
-        let decision = self.storability(&response, request_time, response_time);
+        if self.job.grpc {
+            let ttl = self
+                .job
+                .info
+                .route_ttl
+                .unwrap_or_else(|| config.policy.get_default_ttl());
+            response.extensions_mut().insert(CacheTtl(ttl));
+        }
+        let decision = if self.job.grpc && is_trailers_only(response.headers()) {
+            Err(NotStorable::Status)
+        } else {
+            self.storability(&response, request_time, response_time)
+        };
         let (key, freshness) = match decision {
             Ok(decided) => decided,
             Err(reason) => {
@@ -1091,6 +1212,15 @@ impl Fill {
 
         let collected = pump(body, frames, self.job.config.max_body_size).await;
         let (data, trailers) = match collected {
+            Collected::Complete { data, trailers }
+                if self.job.grpc && !grpc_succeeded(trailers.as_ref()) =>
+            {
+                // A gRPC error in the trailers: never stored, and not a reason to stop trying.
+                self.job.state.counters.not_stored(NotStorable::Status);
+                let _ = data;
+                self.end(FillOutcome::NotShareable);
+                return;
+            }
             Collected::Complete { data, trailers } => (data, trailers),
             Collected::TooLarge | Collected::Incomplete => {
                 let reason = if matches!(collected, Collected::TooLarge) {
@@ -1193,11 +1323,9 @@ impl Fill {
             self.end(FillOutcome::NotShareable);
             return;
         }
-        let key = self.job.config.deriver.request_key(
-            &self.method,
-            &self.job.target,
-            &self.vary_values_of(&entry.headers),
-        );
+        let key = self
+            .job
+            .key_for(&self.method, &self.vary_values_of(&entry.headers));
         let flight = self.guard.take();
         let lock = self.lock.take();
         self.store(&key, Arc::new(entry), started, flight, lock);
@@ -1268,9 +1396,7 @@ impl Fill {
             VaryList::Fields(fields) => fields,
         };
         let values = vary_values(&fields, &self.request_headers);
-        let key = config
-            .deriver
-            .request_key(&self.method, &self.job.target, &values);
+        let key = self.job.key_for(&self.method, &values);
         if let Some((route, cap)) = self.job.info.max_keys {
             if !self
                 .job
@@ -1306,9 +1432,7 @@ impl Fill {
             VaryList::Fields(fields) => fields,
             VaryList::Star => return,
         };
-        let base = config
-            .deriver
-            .request_key(&self.method, &self.job.target, &[]);
+        let base = self.job.key_for(&self.method, &[]);
         let marker = if fields.is_empty() {
             None
         } else {
