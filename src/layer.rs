@@ -56,6 +56,7 @@ pub(crate) struct Config {
     pub(crate) invalidate_on_write: bool,
     pub(crate) grpc: Vec<GrpcMethod>,
     pub(crate) grpc_message_limit: usize,
+    pub(crate) error_ttl: Duration,
     /// `Cache-Status` of a bypass, one per [`BypassReason::ALL`] entry, built once.
     pub(crate) bypass_status: Vec<HeaderValue>,
 }
@@ -158,6 +159,7 @@ impl State {
 /// | TTL range | 1 s ..= 24 h |
 /// | TTL jitter | ± 10 % |
 /// | largest stored body | 1 MiB |
+/// | longest TTL of a stored error (404, 410, ...) | 60 s |
 /// | deadline on a store read | 20 ms |
 /// | deadline on a background write | 100 ms |
 /// | longest wait behind another request's fill | 3 s |
@@ -244,6 +246,7 @@ impl CacheLayer {
             invalidate_on_write: true,
             grpc: Vec::new(),
             grpc_message_limit: 64 * 1024,
+            error_ttl: Duration::from_secs(60),
             bypass_status: Vec::new(),
         };
         config.rebuild();
@@ -405,6 +408,14 @@ impl CacheLayer {
     /// (default: no, so clients cannot force origin load).
     pub fn honour_client_no_cache(self, yes: bool) -> Self {
         self.with_policy(|p| p.honour_client_no_cache(yes))
+    }
+
+    /// Longest TTL of a stored error answer (4xx/5xx statuses on the allow-list, such as 404;
+    /// default 60 s), so that an error caused by one odd request (cache-poisoned denial of
+    /// service) does not stay in the cache for long.
+    pub fn error_ttl(mut self, ttl: Duration) -> Self {
+        self.config_mut().error_ttl = ttl.max(Duration::from_secs(1));
+        self
     }
 
     /// Largest body that is stored (default 1 MiB). Larger responses stream through untouched.

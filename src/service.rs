@@ -797,6 +797,9 @@ impl Job {
             // Made before the path's latest purge: as good as deleted.
             return Lookup::Miss(key);
         }
+        if !self.may_serve(&entry) {
+            return Lookup::Miss(key);
+        }
         let resident = now_ms().saturating_sub(entry.stored_at_ms) / 1000;
         if self.info.no_cache {
             return Lookup::Miss(key);
@@ -842,6 +845,9 @@ impl Job {
         let StoredEntry::Response(entry) = &*found else {
             return None;
         };
+        if !self.may_serve(entry) {
+            return None;
+        }
         let resident = now_ms().saturating_sub(entry.stored_at_ms) / 1000;
         if resident >= u64::from(entry.ttl_secs) {
             return None;
@@ -928,8 +934,21 @@ impl Job {
         });
     }
 
+    /// Whether a stored response may answer this request: a request with credentials (on a
+    /// route that allows them) only gets responses that say they may be shared (R3).
+    fn may_serve(&self, entry: &StoredResponse) -> bool {
+        if !self.info.authenticated {
+            return true;
+        }
+        let directives = CacheControl::parse(&entry.headers);
+        directives.public || directives.s_maxage.is_some()
+    }
+
     /// Whether a fill's stored response may answer this request too (same variant).
     fn shares<B>(&self, entry: &StoredResponse, request: &Request<B>) -> bool {
+        if !self.may_serve(entry) {
+            return false;
+        }
         let fields = match vary_list(&entry.headers) {
             VaryList::Star => return false,
             VaryList::Fields(fields) => fields,
@@ -1176,6 +1195,16 @@ impl Fill {
         } else {
             self.storability(&response, request_time, response_time)
         };
+        // Error answers that may be stored are kept briefly: a poisoned one (CPDoS) fades fast.
+        let decision = decision.map(|(key, mut freshness)| {
+            if response.status().is_client_error() || response.status().is_server_error() {
+                freshness.ttl = freshness
+                    .ttl
+                    .min(config.error_ttl)
+                    .max(Duration::from_secs(1));
+            }
+            (key, freshness)
+        });
         let (key, freshness) = match decision {
             Ok(decided) => decided,
             Err(reason) => {
@@ -1422,10 +1451,18 @@ impl Fill {
         let config = Arc::clone(&self.job.config);
         let state = Arc::clone(&self.job.state);
         let generation = self.job.generation;
-        // Entries outlive their freshness by their stale windows, so stale copies can be used.
-        let linger = entry
+        // Entries outlive their freshness by their stale windows, so stale copies can be used,
+        // and those with a validator as long again, so they can be revalidated (a 304 costs
+        // the origin less than a full answer).
+        let mut linger = entry
             .stale_while_revalidate_secs
             .max(entry.stale_if_error_secs);
+        if entry.headers.contains_key(http::header::ETAG)
+            || entry.headers.contains_key(http::header::LAST_MODIFIED)
+        {
+            let (_, max) = config.policy.get_ttl_range();
+            linger = linger.max(entry.ttl_secs.min(secs_u32(max)));
+        }
         let ttl = Duration::from_secs(u64::from(entry.ttl_secs).saturating_add(u64::from(linger)))
             .max(Duration::from_secs(1));
         let fields = match vary_list(&entry.headers) {
