@@ -615,18 +615,7 @@ impl Job {
         if !self.config.store.is_shared() {
             return self.clone().fill(ready, request, Some(guard), None).await;
         }
-        let lock = HeldLock::new(self, key);
-        let config = &self.config;
-        let taken = self
-            .state
-            .guard
-            .run(
-                config.read_deadline,
-                config
-                    .store
-                    .try_lock(&lock.lock_key, &lock.token, config.lock_ttl),
-            )
-            .await;
+        let (lock, taken) = self.try_lock(key).await;
         match taken {
             Ok(true) => {
                 bump(&self.state.counters.locks_acquired);
@@ -664,6 +653,23 @@ impl Job {
                 self.clone().fill(ready, request, Some(guard), None).await
             }
         }
+    }
+
+    /// Try to take the shared fill lock of `key`, under the read deadline.
+    async fn try_lock(&self, key: &RequestKey) -> (HeldLock, Result<bool, crate::StoreError>) {
+        let lock = HeldLock::new(self, key);
+        let config = &self.config;
+        let taken = self
+            .state
+            .guard
+            .run(
+                config.read_deadline,
+                config
+                    .store
+                    .try_lock(&lock.lock_key, &lock.token, config.lock_ttl),
+            )
+            .await;
+        (lock, taken)
     }
 
     /// Wait (at most the lock wait) for another instance's fill of `key`, woken by its fill
@@ -718,18 +724,7 @@ impl Job {
         };
         tokio::spawn(async move {
             let lock = if self.config.store.is_shared() {
-                let lock = HeldLock::new(&self, &key);
-                let config = &self.config;
-                let taken = self
-                    .state
-                    .guard
-                    .run(
-                        config.read_deadline,
-                        config
-                            .store
-                            .try_lock(&lock.lock_key, &lock.token, config.lock_ttl),
-                    )
-                    .await;
+                let (lock, taken) = self.try_lock(&key).await;
                 if !matches!(taken, Ok(true)) {
                     // Another instance refreshes it, or the store is unwell: skip.
                     lock.disarm();
