@@ -147,6 +147,18 @@ pub(crate) fn succeeded(trailers: Option<&HeaderMap>) -> bool {
     grpc_status(trailers).is_some_and(|status| status.trim() == "0")
 }
 
+/// Whether a response body is exactly one length-prefixed gRPC message (a unary answer; a
+/// streaming method's answer holds several, and is never stored).
+pub(crate) fn is_single_message(body: &[u8]) -> bool {
+    match body.get(1..5) {
+        Some(&[a, b, c, d]) => {
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
+            body.len().checked_sub(5) == Some(len)
+        }
+        _ => false,
+    }
+}
+
 /// A request after its message was read.
 pub(crate) enum Captured<B> {
     /// The whole message, and the request rebuilt around it.
@@ -344,6 +356,16 @@ mod tests {
         assert!(succeeded(Some(&trailers)));
         trailers.insert("grpc-status", "14".parse().unwrap());
         assert!(!succeeded(Some(&trailers)));
+    }
+
+    #[test]
+    fn only_one_whole_message_counts_as_a_unary_answer() {
+        assert!(is_single_message(&[0, 0, 0, 0, 2, 7, 7]));
+        assert!(is_single_message(&[0, 0, 0, 0, 0]));
+        assert!(!is_single_message(&[0, 0, 0, 0, 2, 7]));
+        assert!(!is_single_message(&[0, 0, 0, 0, 1, 7, 0, 0, 0, 0, 1, 7]));
+        assert!(!is_single_message(&[0, 0, 0]));
+        assert!(!is_single_message(&[]));
     }
 
     #[test]

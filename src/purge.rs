@@ -350,8 +350,34 @@ impl Purger {
                 }
             }
         }
+        if to_store {
+            // Requests that read the store while it was being purged may have put what they
+            // found back into the near cache: drop it again now that the store is clean.
+            self.drop_near(target);
+        }
         tracing::debug!(target: "tower_response_cache", removed = report.removed, failed = report.failed_steps, "purge applied");
         Ok(report)
+    }
+
+    /// Drop what `target` covers from the near cache.
+    fn drop_near(&self, target: &PurgeTarget) {
+        let Some(near) = &self.state.near else {
+            return;
+        };
+        match target {
+            PurgeTarget::Url(url) => {
+                if let Ok((_, digest)) = self.url_keys(url) {
+                    near.drop_target(&digest);
+                }
+            }
+            PurgeTarget::Path(path) => {
+                if let Ok(prefix) = self.config.deriver.path_key_prefix(path) {
+                    near.drop_prefix(&prefix);
+                }
+            }
+            PurgeTarget::Tag(tag) => near.drop_tag(tag),
+            PurgeTarget::All => near.clear(),
+        }
     }
 
     async fn run<T>(&self, call: crate::store::StoreFuture<'_, T>) -> Result<T, ()> {
@@ -535,6 +561,33 @@ pub(crate) async fn apply_event(
             ))
             .await;
         to_store = matches!(won, Ok(true));
+        if let Err(err) = purger.apply(&target, to_store).await {
+            tracing::debug!(target: "tower_response_cache", error = %err, "ignoring a purge event that cannot be applied");
+        }
+        if to_store {
+            // Purges are idempotent: release the election at once, so the same event published
+            // again later is applied to the store again.
+            let _ = purger
+                .run(
+                    purger
+                        .config
+                        .store
+                        .unlock(&lock_key, &purger.state.instance),
+                )
+                .await;
+            // The other instances dropped their near entries when the event arrived, maybe
+            // before the store was clean; say it again now that it is.
+            let message = Event::purge(&target, &purger.state.instance);
+            let _ = purger
+                .run(
+                    purger
+                        .config
+                        .store
+                        .publish(&purger.config.events_channel, message),
+                )
+                .await;
+        }
+        return;
     }
     if let Err(err) = purger.apply(&target, to_store).await {
         tracing::debug!(target: "tower_response_cache", error = %err, "ignoring a purge event that cannot be applied");

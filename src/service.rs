@@ -35,7 +35,9 @@ use crate::conditional::{add_validators, freshen, is_not_modified, not_modified_
 use crate::entry::{StoredEntry, StoredResponse, VaryMarker};
 use crate::events::Event;
 use crate::grpc::GrpcMethod;
-use crate::grpc::{capture, is_grpc, is_trailers_only, succeeded as grpc_succeeded, Captured};
+use crate::grpc::{
+    capture, is_grpc, is_single_message, is_trailers_only, succeeded as grpc_succeeded, Captured,
+};
 use crate::headers::{CacheOutcome, CacheStatus};
 use crate::key::{vary_values, CanonicalTarget, RequestKey};
 use crate::layer::{Config, State};
@@ -198,9 +200,11 @@ where
                 self.state.counters.bypassed(reason);
                 tracing::trace!(target: "tower_response_cache", outcome = "bypass", reason = reason.as_str());
                 let status = config.bypass_status(reason).cloned();
+                // gRPC calls are all POSTs: they are not writes to a resource.
                 if reason == BypassReason::Method
                     && config.invalidate_on_write
                     && is_write(request.method())
+                    && !is_grpc(request.headers())
                 {
                     return self.write_through(request, status);
                 }
@@ -1237,9 +1241,10 @@ impl Fill {
         let collected = pump(body, frames, self.job.config.max_body_size).await;
         let (data, trailers) = match collected {
             Collected::Complete { data, trailers }
-                if self.job.grpc && !grpc_succeeded(trailers.as_ref()) =>
+                if self.job.grpc
+                    && (!grpc_succeeded(trailers.as_ref()) || !is_single_message(&data)) =>
             {
-                // A gRPC error in the trailers: never stored, and not a reason to stop trying.
+                // A gRPC error in the trailers, or a stream of messages: never stored.
                 self.job.state.counters.not_stored(NotStorable::Status);
                 let _ = data;
                 self.end(FillOutcome::NotShareable);
