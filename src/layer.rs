@@ -31,6 +31,9 @@ pub const DEFAULT_VERSION: &str = "v1";
 /// `CACHE_SECRET`) so that keys cannot be computed by anyone who can read Redis.
 const DEFAULT_SECRET: &[u8] = b"tower-response-cache default key secret";
 
+/// Names the principal (user, tenant, API key) of a request for per-principal routes.
+pub(crate) type PrincipalHook = Arc<dyn Fn(&http::HeaderMap) -> Option<String> + Send + Sync>;
+
 /// Settings frozen when the layer wraps a service. Cloned only while building.
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -57,6 +60,7 @@ pub(crate) struct Config {
     pub(crate) grpc: Vec<GrpcMethod>,
     pub(crate) grpc_message_limit: usize,
     pub(crate) error_ttl: Duration,
+    pub(crate) principal: Option<PrincipalHook>,
     /// `Cache-Status` of a bypass, one per [`BypassReason::ALL`] entry, built once.
     pub(crate) bypass_status: Vec<HeaderValue>,
 }
@@ -247,6 +251,7 @@ impl CacheLayer {
             grpc: Vec::new(),
             grpc_message_limit: 64 * 1024,
             error_ttl: Duration::from_secs(60),
+            principal: None,
             bypass_status: Vec::new(),
         };
         config.rebuild();
@@ -408,6 +413,30 @@ impl CacheLayer {
     /// (default: no, so clients cannot force origin load).
     pub fn honour_client_no_cache(self, yes: bool) -> Self {
         self.with_policy(|p| p.honour_client_no_cache(yes))
+    }
+
+    /// How to name the principal of a request on a [`Route::per_principal`] route: typically
+    /// the subject of a verified token or a session id. The name is never stored: only its
+    /// keyed digest goes into the key. Return `None` for requests that must bypass the cache.
+    ///
+    /// ```
+    /// use tower_response_cache::{CacheLayer, MemoryStore, Route};
+    ///
+    /// let layer = CacheLayer::new(MemoryStore::new())
+    ///     .route(Route::prefix("/me").per_principal())
+    ///     .principal(|headers| {
+    ///         let value = headers.get("authorization")?.to_str().ok()?;
+    ///         // A real hook verifies the token and returns its subject.
+    ///         value.strip_prefix("Bearer ").map(str::to_owned)
+    ///     });
+    /// # let _ = layer;
+    /// ```
+    pub fn principal(
+        mut self,
+        hook: impl Fn(&http::HeaderMap) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.config_mut().principal = Some(Arc::new(hook));
+        self
     }
 
     /// Longest TTL of a stored error answer (4xx/5xx statuses on the allow-list, such as 404;

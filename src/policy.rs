@@ -272,6 +272,7 @@ pub struct Route {
     allow_authenticated: bool,
     shape: Option<Arc<QueryShape>>,
     max_keys: Option<usize>,
+    per_principal: bool,
 }
 
 /// How a route shapes the query part of its keys (see [`Route::query_keep`],
@@ -323,7 +324,19 @@ impl Route {
             allow_authenticated: false,
             shape: None,
             max_keys: None,
+            per_principal: false,
         }
+    }
+
+    /// Cache this route per principal: requests with `Authorization` or `Cookie` use the cache,
+    /// each principal with entries of its own. The layer's principal hook
+    /// ([`CacheLayer::principal`](crate::CacheLayer::principal)) names the principal of a
+    /// request; its keyed digest goes into the key, and `private` responses may be stored
+    /// (they are only ever served to the same principal). A request whose principal the hook
+    /// cannot name bypasses the cache. `Set-Cookie` and `no-store` still refuse storage.
+    pub fn per_principal(mut self) -> Self {
+        self.per_principal = true;
+        self
     }
 
     fn shape_mut(&mut self) -> &mut QueryShape {
@@ -640,6 +653,9 @@ pub struct RequestInfo {
     pub shape: Option<Arc<QueryShape>>,
     /// The matching route's key cap: (the route's position among the rules, the cap).
     pub max_keys: Option<(usize, usize)>,
+    /// The request has credentials on a [`Route::per_principal`] route: it is keyed on its
+    /// principal, and `private` responses may be stored for it.
+    pub per_principal: bool,
     /// The request carried `Authorization` or `Cookie` on a route that allows it; only responses
     /// with `public` or `s-maxage` may be stored for it or served to it.
     pub authenticated: bool,
@@ -964,7 +980,8 @@ impl Policy {
         let has_authorization = headers.contains_key(header::AUTHORIZATION)
             || headers.contains_key(header::PROXY_AUTHORIZATION);
         let has_cookie = headers.contains_key(header::COOKIE);
-        let allow_authenticated = route.is_some_and(Route::allows_authenticated);
+        let per_principal = route.is_some_and(|route| route.per_principal);
+        let allow_authenticated = route.is_some_and(Route::allows_authenticated) || per_principal;
         if !allow_authenticated {
             if has_authorization {
                 return RequestDecision::Bypass(BypassReason::Authorization);
@@ -986,7 +1003,10 @@ impl Policy {
             route_ttl: route.and_then(Route::get_ttl),
             shape: route.and_then(|route| route.shape.clone()),
             max_keys,
-            authenticated: allow_authenticated && (has_authorization || has_cookie),
+            authenticated: allow_authenticated
+                && !per_principal
+                && (has_authorization || has_cookie),
+            per_principal: per_principal && (has_authorization || has_cookie),
             only_if_cached: cc.only_if_cached,
             no_cache: self.honour_client_no_cache && wants_end_to_end,
             is_head: method == Method::HEAD,
@@ -1031,7 +1051,9 @@ impl Policy {
         if cc.no_store {
             return Err(NotStorable::NoStore);
         }
-        if cc.private {
+        // On a per-principal route every entry is keyed on its principal: `private` is what
+        // such a response is expected to say.
+        if cc.private && !info.per_principal {
             return Err(NotStorable::Private);
         }
         if cc.no_cache {

@@ -240,6 +240,27 @@ where
                 target.shape_query(|name| shape.keeps(name), |name| shape.normalises(name))
             }
         };
+        // On a per-principal route the principal goes into the key, as a keyed digest.
+        let extra = if info.per_principal {
+            match config
+                .principal
+                .as_ref()
+                .and_then(|hook| hook(request.headers()))
+            {
+                Some(principal) => Some(Arc::from(vec![(
+                    HeaderName::from_static("principal"),
+                    Some(principal.into_bytes()),
+                )])),
+                None => {
+                    let reason = BypassReason::Authorization;
+                    self.state.counters.bypassed(reason);
+                    let status = config.bypass_status(reason).cloned();
+                    return self.bypass(request, status, reason.as_str());
+                }
+            }
+        } else {
+            None
+        };
         // The readied service is the one that must be called: take it, leave a clone behind.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
@@ -251,7 +272,7 @@ where
             generation: 0,
             conditional: conditional_headers(request.headers()),
             revalidate: None,
-            extra: None,
+            extra,
             grpc: false,
         };
         ResponseFuture {

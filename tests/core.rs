@@ -597,3 +597,39 @@ async fn query_shaping_shares_entries_and_key_caps_stop_new_variants() {
     assert!(client.get("/search?q=a").await.is_hit());
     assert_eq!(layer.stats().not_stored_by["key-cap"], 2);
 }
+
+#[tokio::test]
+async fn per_principal_routes_keep_one_entry_per_principal() {
+    let layer = memory_layer()
+        .route(Route::prefix("/me").per_principal())
+        .principal(|headers| {
+            let value = headers.get("authorization")?.to_str().ok()?;
+            value.strip_prefix("Bearer ").map(str::to_owned)
+        });
+    let (client, calls) = start(layer.clone()).await;
+    let path = "/me/profile?cc=private%2C%20max-age%3D60&reflect=authorization";
+    let alice = client
+        .get_with(path, &[("authorization", "Bearer alice")])
+        .await;
+    stored(&layer, 1).await;
+    let bob = client
+        .get_with(path, &[("authorization", "Bearer bob")])
+        .await;
+    assert!(!bob.is_hit());
+    assert!(bob.text().contains("Bearer bob"));
+    stored(&layer, 2).await;
+    let alice_again = client
+        .get_with(path, &[("authorization", "Bearer alice")])
+        .await;
+    assert!(alice_again.is_hit(), "{}", alice_again.cache_status());
+    assert_eq!(alice_again.body, alice.body);
+    // No principal the hook can name: bypass. Anonymous requests have their own entry.
+    let basic = client
+        .get_with(path, &[("authorization", "Basic eA==")])
+        .await;
+    assert!(basic.cache_status().contains("fwd=bypass"));
+    let anonymous = client.get(path).await;
+    assert!(!anonymous.is_hit());
+    assert!(anonymous.cache_status().contains("detail=private"));
+    assert_eq!(calls.of("/me/profile"), 4);
+}
