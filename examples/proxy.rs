@@ -7,7 +7,12 @@
 //! cargo run --release --example proxy -- --listen 127.0.0.1:8080 --upstream http://127.0.0.1:9000
 //! cargo run --release --example proxy -- --listen 127.0.0.1:8080 --upstream http://127.0.0.1:9000 \
 //!     --redis redis://127.0.0.1:6379 --mode app
+//! cargo run --release --features cluster --example proxy -- --listen 127.0.0.1:8080 \
+//!     --upstream http://127.0.0.1:9000 --redis redis://127.0.0.1:7000,redis://127.0.0.1:7001
 //! ```
+//!
+//! `--redis` with one URL caches in that Redis server; with a comma-separated list of node URLs
+//! (and the `cluster` feature) it caches in the Redis Cluster those nodes belong to.
 //!
 //! When it is ready it prints one line to stdout,
 //! `proxy listening on http://ADDR (upstream http://..., mode shared, store memory)`, where ADDR
@@ -57,6 +62,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::{Layer, Service};
 use tower_response_cache::policy::is_hop_by_hop;
+#[cfg(feature = "cluster")]
+use tower_response_cache::RedisClusterStore;
 use tower_response_cache::{CacheLayer, MemoryStore, Mode, RedisStore};
 
 /// The command-line help, printed by `--help` and after an argument error.
@@ -67,7 +74,9 @@ A caching reverse proxy in front of one HTTP/1.1 upstream.
 
   --listen ADDR    address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port)
   --upstream URL   the upstream, http://HOST[:PORT] (no path, no query)
-  --redis URL      cache in Redis at URL (redis://HOST[:PORT][/DB]);
+  --redis URL      cache in Redis at URL (redis://HOST[:PORT][/DB]), or in the Redis
+                   Cluster of a comma-separated list of node URLs
+                   (redis://HOST:PORT,redis://HOST:PORT,..., feature `cluster`);
                    default: an in-process memory store
   --mode MODE      shared (default): store only responses that state their freshness;
                    app: also store the others, for the default TTL (300 s)
@@ -103,6 +112,9 @@ pub enum StoreChoice {
     Memory,
     /// A [`RedisStore`] on the server at this URL.
     Redis(String),
+    /// A `RedisClusterStore` on the cluster of these comma-separated node URLs.
+    #[cfg(feature = "cluster")]
+    Cluster(String),
 }
 
 impl fmt::Debug for StoreChoice {
@@ -111,6 +123,8 @@ impl fmt::Debug for StoreChoice {
         match self {
             StoreChoice::Memory => f.write_str("Memory"),
             StoreChoice::Redis(_) => f.write_str("Redis(..)"),
+            #[cfg(feature = "cluster")]
+            StoreChoice::Cluster(_) => f.write_str("Cluster(..)"),
         }
     }
 }
@@ -121,6 +135,8 @@ impl StoreChoice {
         match self {
             StoreChoice::Memory => "memory",
             StoreChoice::Redis(_) => "redis",
+            #[cfg(feature = "cluster")]
+            StoreChoice::Cluster(_) => "redis-cluster",
         }
     }
 }
@@ -245,13 +261,7 @@ where
     let upstream = Upstream::parse(&upstream.ok_or("--upstream is required")?)?;
     let store = match redis {
         None => StoreChoice::Memory,
-        Some(url) if url.contains(',') => {
-            return Err(
-                "--redis: a list of URLs selects Redis Cluster, and cluster support \
-                        needs the `cluster` feature"
-                    .to_owned(),
-            )
-        }
+        Some(list) if list.contains(',') => cluster_choice(list)?,
         Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
             StoreChoice::Redis(url)
         }
@@ -268,6 +278,33 @@ where
         store,
         mode,
     }))
+}
+
+/// The store for a comma-separated list of node URLs: Redis Cluster.
+#[cfg(feature = "cluster")]
+fn cluster_choice(list: String) -> Result<StoreChoice, String> {
+    let valid = list.split(',').map(str::trim).all(|url| {
+        url.strip_prefix("redis://")
+            .or_else(|| url.strip_prefix("rediss://"))
+            .is_some_and(|rest| !rest.is_empty())
+    });
+    if !valid {
+        return Err(
+            "--redis: expected a comma-separated list of redis:// or rediss:// node URLs"
+                .to_owned(),
+        );
+    }
+    Ok(StoreChoice::Cluster(list))
+}
+
+/// Without the `cluster` feature, a list of URLs is refused.
+#[cfg(not(feature = "cluster"))]
+fn cluster_choice(_list: String) -> Result<StoreChoice, String> {
+    Err(
+        "--redis: a list of URLs selects Redis Cluster, and cluster support needs the \
+         `cluster` feature"
+            .to_owned(),
+    )
 }
 
 /// The name of a mode on the command line and in the ready line.
@@ -295,6 +332,12 @@ pub fn build_layer(config: &Config) -> Result<CacheLayer, String> {
         StoreChoice::Memory => CacheLayer::new(MemoryStore::new()),
         StoreChoice::Redis(url) => {
             let store = RedisStore::from_url(url).map_err(|err| format!("--redis: {err}"))?;
+            CacheLayer::new(store)
+        }
+        #[cfg(feature = "cluster")]
+        StoreChoice::Cluster(list) => {
+            let store =
+                RedisClusterStore::from_url_list(list).map_err(|err| format!("--redis: {err}"))?;
             CacheLayer::new(store)
         }
     };
@@ -431,7 +474,7 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), String> {
     let addr = listener
         .local_addr()
         .map_err(|err| format!("cannot read the listening address: {err}"))?;
-    if let StoreChoice::Redis(_) = config.store {
+    if config.store != StoreChoice::Memory {
         if let Err(err) = layer.ping().await {
             eprintln!(
                 "proxy: Redis does not answer yet ({err}); serving from the upstream until it does"

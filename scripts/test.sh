@@ -24,14 +24,17 @@ as_root() {
     fi
 }
 
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    step "installing redis-server"
+# redis-server and redis-cli for the private servers and clusters the tests start; openssl for
+# the certificates of the TLS tests.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
+    || ! command -v openssl >/dev/null 2>&1; then
+    step "installing redis-server and openssl"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server openssl
 fi
-for tool in redis-server redis-cli; do
+for tool in redis-server redis-cli openssl; do
     if ! command -v "$tool" >/dev/null 2>&1; then
-        echo "error: $tool is still not on PATH after installing redis-server" >&2
+        echo "error: $tool is still not on PATH after installing redis-server and openssl" >&2
         exit 1
     fi
 done

@@ -144,6 +144,8 @@ pub use service::{CacheService, ResponseFuture};
 pub use stats::Stats;
 #[cfg(feature = "memory")]
 pub use store::MemoryStore;
+#[cfg(feature = "cluster")]
+pub use store::RedisClusterStore;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use store::Store;

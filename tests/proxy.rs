@@ -443,7 +443,42 @@ fn bad_arguments_are_errors_that_say_what_is_wrong() {
     assert!(with(&["--verbose", "1"]).contains("unknown option: --verbose"));
     assert!(with(&["--listen", "127.0.0.1:1"]).contains("more than once"));
     assert!(with(&["--redis", "memcached://x"]).contains("redis://"));
+    #[cfg(not(feature = "cluster"))]
     assert!(with(&["--redis", "redis://a:1,redis://b:2"]).contains("`cluster` feature"));
+    #[cfg(feature = "cluster")]
+    for list in [
+        "redis://a:1,",
+        "redis://a:1,memcached://b:2",
+        "redis://a:1,redis://",
+    ] {
+        assert!(
+            with(&["--redis", list]).contains("comma-separated list"),
+            "{list}"
+        );
+    }
+}
+
+#[cfg(feature = "cluster")]
+#[test]
+fn a_list_of_node_urls_selects_the_cluster_store() {
+    let config = match proxy::parse_args([
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--redis",
+        "redis://a:7000, redis://b:7001,rediss://c:7002",
+    ]) {
+        Ok(Command::Run(config)) => config,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        config.store,
+        StoreChoice::Cluster("redis://a:7000, redis://b:7001,rediss://c:7002".to_owned())
+    );
+    assert_eq!(config.store.name(), "redis-cluster");
+    // The URLs may carry passwords: the configuration never prints them.
+    assert_eq!(format!("{:?}", config.store), "Cluster(..)");
 }
 
 #[tokio::test]
@@ -507,32 +542,34 @@ async fn help_exits_0_and_bad_arguments_exit_2() {
     assert_eq!(code, Some(0));
     assert!(stdout.starts_with("usage: proxy --listen ADDR --upstream URL"));
 
+    // Without the `cluster` feature a list of node URLs is an argument error too.
+    let refused_list: &[&str] = &[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--redis",
+        if cfg!(feature = "cluster") {
+            "redis://a:1,memcached://b:2"
+        } else {
+            "redis://a:1,redis://b:2"
+        },
+    ];
     for args in [
         &[][..],
         &["--listen", "127.0.0.1:0"][..],
         &["--listen", "127.0.0.1:0", "--upstream", "ftp://x"][..],
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "http://127.0.0.1:9",
-            "--redis",
-            "redis://a:1,redis://b:2",
-        ][..],
+        refused_list,
     ] {
         let (code, stdout, stderr) = run_example(args).await;
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(stdout.is_empty(), "{args:?}: {stdout}");
         assert!(stderr.contains("usage: proxy"), "{args:?}: {stderr}");
     }
-    let (_, _, stderr) = run_example(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "http://127.0.0.1:9",
-        "--redis",
-        "redis://a:1,redis://b:2",
-    ])
-    .await;
-    assert!(stderr.contains("`cluster` feature"), "{stderr}");
+    let (_, _, stderr) = run_example(refused_list).await;
+    if cfg!(feature = "cluster") {
+        assert!(stderr.contains("comma-separated list"), "{stderr}");
+    } else {
+        assert!(stderr.contains("`cluster` feature"), "{stderr}");
+    }
 }

@@ -30,11 +30,15 @@ use tokio::sync::mpsc;
 
 pub use crate::error::{StoreError, StoreErrorKind};
 
+#[cfg(feature = "cluster")]
+mod cluster;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
+#[cfg(feature = "cluster")]
+pub use cluster::RedisClusterStore;
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]

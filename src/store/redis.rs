@@ -43,7 +43,7 @@ pub struct RedisStore {
 }
 
 /// Write the entry only if the path's generation is still the one the fill started under.
-static FENCED_PUT: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static FENCED_PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local current = redis.call('GET', KEYS[2])
@@ -58,7 +58,7 @@ return 0
 });
 
 /// Increment a generation and keep it for a while (both in one step).
-static BUMP_GENERATION: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static BUMP_GENERATION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = redis.call('INCR', KEYS[1])
@@ -69,7 +69,7 @@ return n
 });
 
 /// Add a member to a tag set and make the set live at least as long as the member.
-static TAG_ADD: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static TAG_ADD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -83,7 +83,7 @@ return 1
 });
 
 /// Delete a lock only if it still holds our token.
-static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -448,7 +448,7 @@ impl Store for RedisStore {
 }
 
 /// Escape the glob characters of a key prefix for `SCAN MATCH`.
-fn glob_escape(prefix: &str) -> String {
+pub(crate) fn glob_escape(prefix: &str) -> String {
     let mut escaped = String::with_capacity(prefix.len() + 4);
     for c in prefix.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

@@ -6,4 +6,5 @@
 
 pub mod origin;
 pub mod proxy_support;
+pub mod redis_cluster;
 pub mod redis_server;

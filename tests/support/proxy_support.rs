@@ -175,6 +175,12 @@ fn build_example() -> PathBuf {
     if cfg!(feature = "axum") {
         features.push("axum");
     }
+    if cfg!(feature = "cluster") {
+        features.push("cluster");
+    }
+    if cfg!(feature = "tls") {
+        features.push("tls");
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = std::process::Command::new(cargo);
     build
