@@ -852,7 +852,8 @@ async fn a_leader_that_drops_its_body_half_way_still_fills_for_the_followers() {
         let response = leader.await.unwrap();
         let mut body = response.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(first, origin_body(1, "/streamed", 8)[0]);
+        // Under load several parts may travel together; the body starts with the first one.
+        assert!(first.starts_with(&origin_body(1, "/streamed", 8)[0]));
         // The client goes away with most of the body still to come.
         drop(body);
 
