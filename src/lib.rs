@@ -146,6 +146,8 @@ pub use stats::Stats;
 pub use store::MemoryStore;
 #[cfg(feature = "cluster")]
 pub use store::RedisClusterStore;
+#[cfg(feature = "sentinel")]
+pub use store::RedisSentinelStore;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use store::Store;

@@ -36,6 +36,8 @@ mod cluster;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "sentinel")]
+mod sentinel;
 
 #[cfg(feature = "cluster")]
 pub use cluster::RedisClusterStore;
@@ -43,6 +45,8 @@ pub use cluster::RedisClusterStore;
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
+#[cfg(feature = "sentinel")]
+pub use sentinel::RedisSentinelStore;
 
 /// The future a [`Store`] method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

@@ -20,6 +20,13 @@ use crate::Error;
 ///
 /// Values are written with `SET key value EX seconds`: never a value without its expiry.
 ///
+/// The connection reconnects after I/O errors only, and always to the same address. A server
+/// that is demoted to a replica keeps the connection open and answers every write with
+/// `READONLY`: those writes fail (as [`StoreErrorKind::ReadOnly`], a transient failure the layer
+/// bypasses) for as long as the server stays a replica. Behind Redis Sentinel, use
+/// `RedisSentinelStore` (feature `sentinel`) instead: it asks the sentinels for the new primary
+/// when that happens and moves there.
+///
 /// # Example
 ///
 /// ```no_run

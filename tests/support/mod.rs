@@ -7,4 +7,5 @@
 pub mod origin;
 pub mod proxy_support;
 pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
