@@ -96,8 +96,17 @@ impl Guard {
         };
         match &outcome {
             Ok(_) => self.record_success(),
-            Err(err) if err.kind().is_transient() => self.record_failure(),
-            // A corrupt value or a refused command says nothing about the store's health.
+            // The store did not answer in time, or could not answer at all.
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    StoreErrorKind::Unavailable | StoreErrorKind::Timeout | StoreErrorKind::Busy
+                ) =>
+            {
+                self.record_failure()
+            }
+            // A full or read-only store still answers reads, a corrupt value or a refused
+            // command says nothing about the store's health: none of these opens the breaker.
             Err(_) => self.record_success(),
         }
         if probe {
@@ -187,6 +196,19 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::Timeout);
+    }
+
+    #[tokio::test]
+    async fn a_full_or_read_only_store_keeps_the_breaker_closed() {
+        let guard = Guard::new(1, Duration::from_secs(10));
+        for kind in [StoreErrorKind::OutOfMemory, StoreErrorKind::ReadOnly] {
+            let _ = guard
+                .run(Duration::from_secs(1), async move {
+                    Err::<(), _>(StoreError::new(kind, "refused"))
+                })
+                .await;
+            assert_eq!(guard.state(), BreakerState::Closed);
+        }
     }
 
     #[tokio::test]

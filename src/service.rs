@@ -1271,6 +1271,14 @@ impl Fill {
                 self.end(FillOutcome::NotShareable);
                 return;
             }
+            // A body that ended before its Content-Length is a broken answer: never stored.
+            Collected::Complete { data, .. }
+                if content_length(&stored_headers).is_some_and(|len| len != data.len() as u64) =>
+            {
+                self.job.state.counters.not_stored(NotStorable::Incomplete);
+                self.end(FillOutcome::NotShareable);
+                return;
+            }
             Collected::Complete { data, trailers } => (data, trailers),
             Collected::TooLarge | Collected::Incomplete => {
                 let reason = if matches!(collected, Collected::TooLarge) {

@@ -4,6 +4,7 @@
 //! it, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod origin;
 pub mod proxy_support;
 pub mod redis_cluster;

@@ -1,0 +1,8 @@
+//! Fuzz target: see [`tower_response_cache_fuzz::cache_control`].
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    tower_response_cache_fuzz::cache_control(data);
+});
