@@ -104,7 +104,10 @@
 //! - `redis` (default): [`RedisStore`];
 //! - `memory` (default): [`MemoryStore`];
 //! - `axum`: the [`admin`] purge router for Axum;
-//! - `tonic`: caching of opted-in unary gRPC methods of Tonic servers (see [`grpc`]).
+//! - `tonic`: caching of opted-in unary gRPC methods of Tonic servers (see [`grpc`]);
+//! - `cluster`: `RedisClusterStore`, on a Redis Cluster;
+//! - `sentinel`: `RedisSentinelStore`, following the primary of a Sentinel-managed set;
+//! - `tls`: `rediss://` URLs (rustls).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

@@ -7,7 +7,11 @@
 //! - [`RedisStore`] (feature `redis`, on by default): the production store, shared by every
 //!   instance of a service;
 //! - [`MemoryStore`] (feature `memory`, on by default): an in-process store bounded by bytes, for
-//!   development, tests and single-instance services.
+//!   development, tests and single-instance services;
+//! - `RedisClusterStore` (feature `cluster`): on a Redis Cluster, with every key of a path in one
+//!   slot and bulk operations run on every primary;
+//! - `RedisSentinelStore` (feature `sentinel`): on the primary of a Sentinel-managed set,
+//!   following it through failovers.
 //!
 //! Every call of the request path is wrapped by the layer in its own deadline and a circuit
 //! breaker, so a store does not need to enforce deadlines itself; it must only report failures
