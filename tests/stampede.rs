@@ -842,20 +842,28 @@ async fn a_leader_that_drops_its_body_half_way_still_fills_for_the_followers() {
     let service = stack(&layer, &origin);
 
     no_hang(async {
-        let leader = service.clone().oneshot(get("/streamed"));
+        let leader = {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let response = service.oneshot(get("/streamed")).await.unwrap();
+                let mut body = response.into_body();
+                let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+                // The client goes away with most of the body still to come.
+                drop(body);
+                first
+            })
+        };
+        // The leader's fill is running (its origin holds the answer) before anyone follows.
+        assert!(wait_until(|| layer.stats().fills_in_flight >= 1).await);
         let followers: Vec<_> = (0..FOLLOWERS)
             .map(|_| {
                 let service = service.clone();
                 tokio::spawn(async move { fetch(&service, "/streamed").await })
             })
             .collect();
-        let response = leader.await.unwrap();
-        let mut body = response.into_body();
-        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let first = leader.await.unwrap();
         // Under load several parts may travel together; the body starts with the first one.
         assert!(first.starts_with(&origin_body(1, "/streamed", 8)[0]));
-        // The client goes away with most of the body still to come.
-        drop(body);
 
         let expected = whole(&origin_body(1, "/streamed", 8));
         for follower in followers {
