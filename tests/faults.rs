@@ -292,10 +292,13 @@ impl Rig {
     }
 }
 
+/// A layer on `url`; deadlines generous enough for a loaded machine unless a test sets its own.
 fn layer_on(url: &str) -> CacheLayer {
     CacheLayer::new(RedisStore::from_url(url).unwrap())
         .secret(SECRET)
         .jitter(0.0)
+        .read_deadline(Duration::from_millis(500))
+        .write_deadline(Duration::from_secs(2))
 }
 
 fn paths(prefix: &str, n: usize) -> Vec<String> {

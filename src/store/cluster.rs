@@ -21,7 +21,9 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::{mpsc, Notify};
 
-use super::redis::{classify, glob_escape, BUMP_GENERATION, FENCED_PUT, TAG_ADD, UNLOCK};
+use super::redis::{
+    classify, glob_escape, parse_generation, BUMP_GENERATION, FENCED_PUT, TAG_ADD, UNLOCK,
+};
 use super::{Store, StoreError, StoreErrorKind, StoreFuture};
 use crate::Error;
 
@@ -593,15 +595,7 @@ impl Store for RedisClusterStore {
                 .query_async(&mut connection)
                 .await
                 .map_err(|err| cluster_error(&err))?;
-            let generation = match generation {
-                None => 0,
-                // A generation that is not a number was not written by us: fence every write.
-                Some(raw) => std::str::from_utf8(&raw)
-                    .ok()
-                    .and_then(|text| text.parse().ok())
-                    .unwrap_or(u64::MAX),
-            };
-            Ok((value.map(Bytes::from), generation))
+            Ok((value.map(Bytes::from), parse_generation(generation)))
         })
     }
 

@@ -257,15 +257,7 @@ impl Store for RedisStore {
                 .query_async(&mut connection)
                 .await
                 .map_err(|err| classify(&err))?;
-            let generation = match generation {
-                None => 0,
-                // A generation that is not a number was not written by us: fence every write.
-                Some(raw) => std::str::from_utf8(&raw)
-                    .ok()
-                    .and_then(|text| text.parse().ok())
-                    .unwrap_or(u64::MAX),
-            };
-            Ok((value.map(Bytes::from), generation))
+            Ok((value.map(Bytes::from), parse_generation(generation)))
         })
     }
 
@@ -451,6 +443,18 @@ impl Store for RedisStore {
         let (sender, receiver) = mpsc::channel(1024);
         tokio::spawn(listen(client, channel.to_owned(), sender));
         Some(receiver)
+    }
+}
+
+/// A path generation as read from the store: absent is 0; a value that is not a number was not
+/// written by this crate, so it fences every write (`u64::MAX` never matches).
+pub(crate) fn parse_generation(raw: Option<Vec<u8>>) -> u64 {
+    match raw {
+        None => 0,
+        Some(raw) => std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(u64::MAX),
     }
 }
 
