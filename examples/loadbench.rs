@@ -999,6 +999,9 @@ struct Row {
     origin_calls: u64,
     /// Percent of the machine used by other processes during the measured run.
     other_cpu: Option<f64>,
+    /// CPU microseconds per request of the server process, and of redis-server.
+    server_us: f64,
+    redis_us: f64,
 }
 
 fn run_config(config: Config, options: &Options, load: &Load) -> Result<Vec<Row>, String> {
@@ -1027,6 +1030,9 @@ fn run_config(config: Config, options: &Options, load: &Load) -> Result<Vec<Row>
         )?;
         let cpu_after = cpu_sample(server.child.id(), &options.redis);
         let other_cpu = other_cpu(&cpu_before, &cpu_after);
+        let per_request = |seconds: f64| seconds.max(0.0) * 1e6 / result.requests.max(1) as f64;
+        let server_us = per_request(cpu_after.server - cpu_before.server);
+        let redis_us = per_request(cpu_after.redis - cpu_before.redis);
         let after = origin_calls(&server.stats()?);
         let path = match config.target() {
             Target::NoCacheItem => "/nocache/items/42",
@@ -1034,7 +1040,7 @@ fn run_config(config: Config, options: &Options, load: &Load) -> Result<Vec<Row>
         };
         let probe = probe(server.port, path);
         let line = format!(
-            "{:<22} c={connections:<4} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  origin calls {}  errors {}  other CPU {:.0} %  probe: {probe}",
+            "{:<22} c={connections:<4} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  origin calls {}  errors {}  other CPU {:.0} %  server {:.1} µs/req  redis {:.1} µs/req  probe: {probe}",
             config.name(),
             result.rps(),
             result.p50_us / 1000.0,
@@ -1043,6 +1049,8 @@ fn run_config(config: Config, options: &Options, load: &Load) -> Result<Vec<Row>
             after.saturating_sub(before),
             result.errors,
             other_cpu.unwrap_or(f64::NAN),
+            server_us,
+            redis_us,
         );
         eprintln!("{line}");
         rows.push(Row {
@@ -1051,6 +1059,8 @@ fn run_config(config: Config, options: &Options, load: &Load) -> Result<Vec<Row>
             result,
             origin_calls: after.saturating_sub(before),
             other_cpu,
+            server_us,
+            redis_us,
         });
     }
     let stats = server.stop()?;
@@ -1811,13 +1821,18 @@ fn markdown(report: &Report, options: &Options) -> String {
          deadline (and then the circuit breaker skipped the store for a while); “other CPU” is the \
          share of the machine (all cores) that processes other than the server, wrk and \
          redis-server used during the measured run: a row with much of it was measured on a \
-         busier machine than the others\n"
+         busier machine than the others; “server CPU / req” and “redis CPU / req” are the CPU \
+         time the server process and redis-server spent per request during the measured run \
+         (less sensitive to other work on the machine than req/s)\n"
     );
     let _ = writeln!(
         md,
-        "| configuration | conns | req/s | p50 | p99 | × no cache | × floor | origin calls | errors | other CPU |"
+        "| configuration | conns | req/s | p50 | p99 | × no cache | × floor | server CPU / req | redis CPU / req | origin calls | errors | other CPU |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+    );
     for config in Config::ALL {
         for &c in &options.connections {
             let Some(row) = report.row(config, c) else {
@@ -1835,7 +1850,7 @@ fn markdown(report: &Report, options: &Options) -> String {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {:.1} µs | {:.1} µs | {} | {} | {} |",
                 config.label(),
                 c,
                 row.result.rps(),
@@ -1843,6 +1858,8 @@ fn markdown(report: &Report, options: &Options) -> String {
                 ms(row.result.p99_us),
                 ratio_cell(vs_base),
                 ratio_cell(vs_floor),
+                row.server_us,
+                row.redis_us,
                 row.origin_calls,
                 errors,
                 row.other_cpu
