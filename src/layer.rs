@@ -269,8 +269,10 @@ impl CacheLayer {
 
     /// A layer configured from the environment, for twelve-factor apps.
     ///
-    /// - `CACHE_URL` or `REDIS_URL` (the first that is set): a `redis://` URL selects the
-    ///   [`RedisStore`](crate::RedisStore); `memory` or neither set selects the
+    /// - `CACHE_URL` or `REDIS_URL` (the first that is set): a `redis://` (or `rediss://`) URL
+    ///   selects the [`RedisStore`](crate::RedisStore); a comma-separated list of node URLs
+    ///   (`redis://a:7000,redis://b:7001,...`) selects the `RedisClusterStore` (with the
+    ///   `cluster` feature); `memory` or neither set selects the
     ///   [`MemoryStore`](crate::MemoryStore);
     /// - `CACHE_PREFIX`: the key namespace; `CACHE_VERSION`: the key version;
     /// - `CACHE_TTL_DEFAULT`: the default TTL, in seconds (`300`) or with a unit (`90s`, `5m`,
@@ -347,11 +349,33 @@ impl CacheLayer {
                 reason: "expected a redis:// URL or `memory`".to_owned(),
             });
         }
+        if url.contains(',') {
+            return Self::cluster_from_env(name, url);
+        }
         let store = crate::RedisStore::from_url(url).map_err(|err| Error::InvalidEnv {
             name,
             reason: err.to_string(),
         })?;
         Ok(Self::new(store))
+    }
+
+    /// A comma-separated list of node URLs: the nodes of a Redis Cluster.
+    #[cfg(all(feature = "redis", feature = "cluster"))]
+    fn cluster_from_env(name: &'static str, list: &str) -> Result<Self, Error> {
+        let store =
+            crate::RedisClusterStore::from_url_list(list).map_err(|err| Error::InvalidEnv {
+                name,
+                reason: err.to_string(),
+            })?;
+        Ok(Self::new(store))
+    }
+
+    #[cfg(all(feature = "redis", not(feature = "cluster")))]
+    fn cluster_from_env(name: &'static str, _list: &str) -> Result<Self, Error> {
+        Err(Error::InvalidEnv {
+            name,
+            reason: "a list of node URLs (a Redis Cluster) needs the `cluster` feature".to_owned(),
+        })
     }
 
     #[cfg(not(feature = "redis"))]

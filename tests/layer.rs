@@ -353,6 +353,18 @@ async fn a_redis_url_selects_a_lazy_redis_store_even_when_nothing_listens() {
     );
 }
 
+#[cfg(feature = "cluster")]
+#[tokio::test]
+async fn a_list_of_node_urls_selects_the_cluster_store() {
+    let list = "redis://127.0.0.1:1/, redis://127.0.0.1:2/,redis://127.0.0.1:3/";
+    assert_eq!(store_name(&[("REDIS_URL", list)]), "redis-cluster");
+    assert_eq!(store_name(&[("CACHE_URL", list)]), "redis-cluster");
+    assert_eq!(
+        refused_variable(&[("CACHE_URL", "redis://127.0.0.1:1/,ftp://x")]),
+        "CACHE_URL"
+    );
+}
+
 #[tokio::test]
 async fn cache_url_wins_over_redis_url() {
     assert_eq!(
