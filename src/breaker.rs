@@ -116,8 +116,14 @@ impl Guard {
     }
 
     fn record_success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        self.open_until.store(0, Ordering::Release);
+        // Loads first: on the hot path both are already 0, and a store on every call would
+        // bounce their cache line between the cores for nothing.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.open_until.load(Ordering::Relaxed) != 0 {
+            self.open_until.store(0, Ordering::Release);
+        }
     }
 
     fn record_failure(&self) {

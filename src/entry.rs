@@ -287,6 +287,24 @@ impl EntryCodec {
     /// slices of that one copy. Anything wrong is an `Err`: decoding never panics and never
     /// allocates beyond what the input holds and `max_len` allows.
     pub fn decode(&self, bytes: &[u8], max_len: usize) -> Result<StoredEntry, DecodeError> {
+        self.decode_with(bytes, max_len, Bytes::copy_from_slice)
+    }
+
+    /// [`EntryCodec::decode`] for a value already held as [`Bytes`] (as stores return them):
+    /// the same checks, and the decoded body and header values are slices of `bytes` itself,
+    /// so nothing is copied.
+    pub fn decode_shared(&self, bytes: &Bytes, max_len: usize) -> Result<StoredEntry, DecodeError> {
+        self.decode_with(bytes, max_len, |payload| bytes.slice_ref(payload))
+    }
+
+    /// The checks and the parse of [`EntryCodec::decode`]; `share` turns the authenticated
+    /// payload (a sub-slice of `bytes`) into the [`Bytes`] the fields are sliced from.
+    fn decode_with(
+        &self,
+        bytes: &[u8],
+        max_len: usize,
+        share: impl FnOnce(&[u8]) -> Bytes,
+    ) -> Result<StoredEntry, DecodeError> {
         if bytes.len() > max_len {
             return Err(DecodeError::TooLarge);
         }
@@ -308,7 +326,7 @@ impl EntryCodec {
         self.verify(signed, tag)?;
 
         let payload = signed.get(PREFIX_LEN..).ok_or(DecodeError::Truncated)?;
-        let payload = Bytes::copy_from_slice(payload);
+        let payload = share(payload);
         let mut cursor = Cursor::new(&payload);
         let entry = match prefix.kind {
             Kind::Response => StoredEntry::Response(read_response(&mut cursor)?),
@@ -846,6 +864,21 @@ mod tests {
     fn a_full_response_round_trips_unchanged() {
         let entry = StoredEntry::Response(sample_response());
         assert_eq!(round_trip(entry.clone()), entry);
+    }
+
+    #[test]
+    fn a_shared_decode_slices_the_body_out_of_the_stored_value() {
+        let codec = codec();
+        let bytes = codec.encode(&StoredEntry::Response(sample_response()));
+        let Ok(StoredEntry::Response(decoded)) = codec.decode_shared(&bytes, CAP) else {
+            panic!("the sample must decode");
+        };
+        assert_eq!(decoded, sample_response());
+        let range = bytes.as_ptr_range();
+        assert!(
+            range.contains(&decoded.body.as_ptr()),
+            "the body was copied"
+        );
     }
 
     #[test]
@@ -1442,7 +1475,17 @@ mod tests {
             let bytes = codec.encode(&entry);
             prop_assert_eq!(bytes.len(), encoded_len(&entry));
             prop_assert_eq!(EntryCodec::declared_len(&bytes), Ok(bytes.len()));
-            prop_assert_eq!(codec.decode(&bytes, bytes.len()), Ok(entry));
+            prop_assert_eq!(codec.decode(&bytes, bytes.len()), Ok(entry.clone()));
+            prop_assert_eq!(codec.decode_shared(&bytes, bytes.len()), Ok(entry));
+        }
+
+        #[test]
+        fn shared_and_copying_decodes_agree_on_any_bytes(
+            bytes in prop::collection::vec(any::<u8>(), 0..1024),
+        ) {
+            let codec = codec();
+            let shared = Bytes::from(bytes.clone());
+            prop_assert_eq!(codec.decode_shared(&shared, CAP), codec.decode(&bytes, CAP));
         }
 
         #[test]

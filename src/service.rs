@@ -539,12 +539,13 @@ impl Job {
                 drop(ready);
                 bump(&self.state.counters.hits);
                 tracing::trace!(target: "tower_response_cache", outcome = "hit");
-                return Ok(self.answer(&entry, resident, CacheOutcome::Hit, None));
+                return Ok(self.answer_owned(*entry, resident, CacheOutcome::Hit, None));
             }
             Lookup::Unavailable(kind) => {
                 tracing::debug!(target: "tower_response_cache", outcome = "bypass", reason = "store-error", kind);
                 let status = CacheStatus::bypass("store-unavailable");
-                let response = ready.oneshot(request).await?;
+                // Cold paths are boxed, so the hit path's future stays small.
+                let response = Box::pin(ready.oneshot(request)).await?;
                 return Ok(self.mark(response.map(CacheBody::inner), status));
             }
             Lookup::Stale(entry, resident, key) => {
@@ -581,11 +582,11 @@ impl Job {
                 ttl: None,
                 detail: Some("head"),
             };
-            let response = ready.oneshot(request).await;
+            let response = Box::pin(ready.oneshot(request)).await;
             let response = response.map(|r| self.mark(r.map(CacheBody::inner), status));
             return self.or_stale(response, stale);
         }
-        let filled = self.coalesced_fill(ready, request, &base, &key).await;
+        let filled = Box::pin(self.coalesced_fill(ready, request, &base, &key)).await;
         self.or_stale(filled, stale)
     }
 
@@ -644,6 +645,21 @@ impl Job {
         match taken {
             Ok(true) => {
                 bump(&self.state.counters.locks_acquired);
+                // Another instance's fill may have landed (and released the lock) between our
+                // read and our lock: read once more before calling the origin.
+                let mut probe = self.clone();
+                let found = probe
+                    .lookup(base, request.method(), request.headers())
+                    .await;
+                if let Lookup::Fresh(entry, resident) = found {
+                    drop(ready);
+                    // Releasing the lock also announces the entry to anyone still waiting.
+                    drop(lock);
+                    bump(&self.state.counters.collapsed);
+                    guard.publish(FillOutcome::Stored(Arc::new((*entry).clone())));
+                    drop(guard);
+                    return Ok(self.answer_owned(*entry, resident, CacheOutcome::Collapsed, None));
+                }
                 self.clone()
                     .fill(ready, request, Some(guard), Some(lock))
                     .await
@@ -780,8 +796,8 @@ impl Job {
         };
         if failed && stale_by(&entry, resident) < u64::from(entry.stale_if_error_secs) {
             bump(&self.state.counters.stale_hits);
-            return Ok(self.answer(
-                &entry,
+            return Ok(self.answer_owned(
+                *entry,
                 resident,
                 CacheOutcome::Stale,
                 Some("stale-if-error"),
@@ -806,7 +822,8 @@ impl Job {
             StoredEntry::Vary(marker) => {
                 let values = vary_values(&marker.fields, headers);
                 let variant = self.key_for(method, &values);
-                match self.read(&variant, false).await {
+                // Boxed: few entries vary, and the hit path's future stays small.
+                match Box::pin(self.read(&variant, false)).await {
                     Ok(Some(StoredEntry::Response(response))) => (response, variant),
                     Ok(Some(StoredEntry::Vary(_))) | Ok(None) => return Lookup::Miss(variant),
                     Err(kind) => return Lookup::Unavailable(kind),
@@ -924,7 +941,7 @@ impl Job {
                 return Err(err.kind().as_str());
             }
         };
-        match config.codec.decode(&bytes, config.max_entry_len()) {
+        match config.codec.decode_shared(&bytes, config.max_entry_len()) {
             Ok(entry) if entry.request_digest() == key.request_digest().as_bytes() => {
                 Ok(Some(entry))
             }
@@ -978,10 +995,34 @@ impl Job {
         key.request_digest().as_bytes() == &entry.request_digest
     }
 
-    /// A response built from a stored entry.
+    /// A response built from a stored entry that is shared (with followers or the near cache).
     fn answer<B: Body>(
         &self,
         entry: &StoredResponse,
+        resident: u64,
+        outcome: CacheOutcome,
+        detail: Option<&'static str>,
+    ) -> Response<CacheBody<B>> {
+        self.respond(entry, entry.headers.clone(), resident, outcome, detail)
+    }
+
+    /// [`Job::answer`] for an entry this request owns: its headers move into the response.
+    fn answer_owned<B: Body>(
+        &self,
+        mut entry: StoredResponse,
+        resident: u64,
+        outcome: CacheOutcome,
+        detail: Option<&'static str>,
+    ) -> Response<CacheBody<B>> {
+        let headers = std::mem::take(&mut entry.headers);
+        self.respond(&entry, headers, resident, outcome, detail)
+    }
+
+    /// The response for `entry`, whose stored header fields are `headers`.
+    fn respond<B: Body>(
+        &self,
+        entry: &StoredResponse,
+        headers: HeaderMap,
         resident: u64,
         outcome: CacheOutcome,
         detail: Option<&'static str>,
@@ -990,11 +1031,11 @@ impl Job {
             && self
                 .conditional
                 .as_ref()
-                .is_some_and(|request| is_not_modified(request, &entry.headers));
+                .is_some_and(|request| is_not_modified(request, &headers));
         let mut response = if not_modified {
             let mut response = Response::new(CacheBody::empty());
             *response.status_mut() = StatusCode::NOT_MODIFIED;
-            *response.headers_mut() = not_modified_headers(&entry.headers);
+            *response.headers_mut() = not_modified_headers(&headers);
             response
         } else {
             let body = if self.info.is_head {
@@ -1004,7 +1045,7 @@ impl Job {
             };
             let mut response = Response::new(body);
             *response.status_mut() = entry.status;
-            *response.headers_mut() = entry.headers.clone();
+            *response.headers_mut() = headers;
             response
         };
         let age = u64::from(entry.initial_age_secs).saturating_add(resident);
