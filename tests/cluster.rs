@@ -1,12 +1,12 @@
 //! The cache on a real Redis Cluster (three primaries, three replicas, started by the test):
 //! hits and misses, purges that reach every primary and every slot, events between instances,
-//! coalescing across instances, a primary that crashes under load, and the proxy example on a
-//! list of node URLs.
+//! coalescing across instances, a primary that crashes under load, slots that migrate under
+//! load, and the proxy example on a list of node URLs.
 #![cfg(feature = "cluster")]
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -524,6 +524,290 @@ async fn when_a_primary_dies_requests_keep_their_bodies_and_caching_resumes_afte
     );
     settled(&cluster).await;
     assert_every_key_expires(&cluster, "fo:v1:*");
+}
+
+/// Waits until `served` reaches `count`, at most `timeout`; returns whether it did.
+async fn served_at_least(served: &AtomicU64, count: u64, timeout: Duration) -> bool {
+    let since = Instant::now();
+    while served.load(Ordering::SeqCst) < count {
+        if since.elapsed() >= timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// F8, cluster-reshard-moved-ask: the slots of twenty warm paths move to other primaries under
+/// load, the way a reshard moves them (`SETSLOT IMPORTING` / `MIGRATING`, the keys in a few
+/// `MIGRATE` batches with pauses in between, so that for a while a slot's keys are split between
+/// two nodes, then `SETSLOT NODE` everywhere), while two client loops keep asking for those
+/// paths (hits) and for new queries of them (misses in the moving slots).
+///
+/// Every request gets a 200 and the body of its own path and query; no node ever answers
+/// `CROSSSLOT` and the store reports no error of that class (`misconfigured`), nor a corrupt,
+/// foreign or unclassified one: the commands that meet a moving slot follow `MOVED` / `ASK`
+/// (the nodes did send both) or, at worst, give up as a transient error and the request
+/// bypasses the cache, which fewer than 5 % of the requests do. Afterwards the keys live on their new primaries, every warm path is a
+/// hit again and every key still has an expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_slots_migrate_under_load_no_request_fails_and_no_command_crosses_slots() {
+    let cluster = Arc::new(start_cluster().await);
+    let formed = {
+        let cluster = Arc::clone(&cluster);
+        tokio::task::spawn_blocking(move || {
+            cluster.wait_until_primaries(3, Duration::from_secs(30))
+                && cluster.wait_until_replicas_in_sync(Duration::from_secs(30))
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        formed,
+        "the cluster never settled on three primaries with their replicas"
+    );
+    let s = Arc::new(site(layer(&cluster, "mv")).await);
+    let paths: Vec<String> = (0..20).map(|i| format!("/mv/{i}")).collect();
+    for path in &paths {
+        s.expect_miss(path).await;
+    }
+    s.stored(paths.len() as u64).await;
+    settled(&cluster).await;
+
+    // Each warm path's slot moves from its primary to the next primary in port order, so that
+    // every primary gives slots away and takes others in.
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3, "{primaries:?}");
+    let mut moves: BTreeMap<u16, (u16, u16)> = BTreeMap::new();
+    for path in &paths {
+        let prefix = path_prefix("mv", path);
+        let slot = cluster.slot_of(&prefix);
+        let from = cluster.owner_of(slot).expect("every slot has an owner");
+        let next = primaries.iter().position(|port| *port == from).unwrap() + 1;
+        let to = primaries[next % primaries.len()];
+        assert!(
+            !cluster.keys_on(from, &format!("{prefix}:e:*")).is_empty(),
+            "{path}'s entry is not on {from}, the owner of its slot {slot}"
+        );
+        moves.insert(slot, (from, to));
+    }
+    let errors_before = cluster.error_replies();
+
+    // Two client loops of hits and misses (a new query of a warm path now and then, so the
+    // misses fall into the moving slots too), checking every status and body.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let bypassed = Arc::new(AtomicU64::new(0));
+    let slowest_ms = Arc::new(AtomicU64::new(0));
+    let problems = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let loops: Vec<_> = (0..2u64)
+        .map(|worker| {
+            let (s, stop, served, failed, wrong, bypassed, slowest_ms, problems, paths) = (
+                Arc::clone(&s),
+                Arc::clone(&stop),
+                Arc::clone(&served),
+                Arc::clone(&failed),
+                Arc::clone(&wrong),
+                Arc::clone(&bypassed),
+                Arc::clone(&slowest_ms),
+                Arc::clone(&problems),
+                paths.clone(),
+            );
+            tokio::spawn(async move {
+                let mut round = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    for (i, path) in paths.iter().enumerate() {
+                        let query = if (i as u64 + round + worker) % 4 == 0 {
+                            format!("w={worker}&round={round}")
+                        } else {
+                            String::new()
+                        };
+                        let url = if query.is_empty() {
+                            path.clone()
+                        } else {
+                            format!("{path}?{query}")
+                        };
+                        let since = Instant::now();
+                        let got = s.client.get(&url).await;
+                        let took = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        slowest_ms.fetch_max(took, Ordering::SeqCst);
+                        if got.cache_status().contains("fwd=bypass") {
+                            bypassed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let problem = if got.status != 200 {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                            Some(format!("{url}: status {} ({})", got.status, got.text()))
+                        } else if !got
+                            .text()
+                            .starts_with(&format!("path={path} query={query} call="))
+                        {
+                            wrong.fetch_add(1, Ordering::SeqCst);
+                            Some(format!("{url} got the body {:?}", got.text()))
+                        } else {
+                            None
+                        };
+                        if let Some(problem) = problem {
+                            let mut problems = problems.lock().unwrap();
+                            if problems.len() < 10 {
+                                problems.push(problem);
+                            }
+                        }
+                        served.fetch_add(1, Ordering::SeqCst);
+                    }
+                    round += 1;
+                }
+            })
+        })
+        .collect();
+    assert!(
+        served_at_least(&served, 40, Duration::from_secs(30)).await,
+        "the client loop did not get going"
+    );
+
+    let (moved, moving) = {
+        let (cluster, moves) = (Arc::clone(&cluster), moves.clone());
+        tokio::task::spawn_blocking(move || {
+            let since = Instant::now();
+            let moved: usize = moves
+                .iter()
+                .map(|(slot, (from, to))| {
+                    cluster.migrate_slot(*slot, *from, *to, 3, Duration::from_millis(150))
+                })
+                .sum();
+            (moved, since.elapsed())
+        })
+        .await
+        .expect("every slot was migrated")
+    };
+    let served_while_moving = served.load(Ordering::SeqCst);
+    let agreed = {
+        let (cluster, moves) = (Arc::clone(&cluster), moves.clone());
+        tokio::task::spawn_blocking(move || {
+            moves.iter().all(|(slot, (_, to))| {
+                cluster.wait_until_slot_owned_by(*slot, *to, Duration::from_secs(30))
+            }) && cluster.wait_until_ok(Duration::from_secs(30))
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        agreed,
+        "the nodes do not agree on the new owners of {moves:?}"
+    );
+    // A few more rounds on the settled cluster, so that the client meets every moved slot.
+    let settle_until = served.load(Ordering::SeqCst) + 4 * paths.len() as u64;
+    served_at_least(&served, settle_until, Duration::from_secs(30)).await;
+    stop.store(true, Ordering::SeqCst);
+    for looping in loops {
+        looping.await.expect("the client loop ran to its end");
+    }
+    let errors_after = cluster.error_replies();
+    let stats_after_loop = s.layer.stats();
+    let problems = problems.lock().unwrap().clone();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "failed requests: {problems:?}"
+    );
+    assert_eq!(
+        wrong.load(Ordering::SeqCst),
+        0,
+        "wrong bodies: {problems:?}"
+    );
+    assert!(
+        served.load(Ordering::SeqCst) >= settle_until,
+        "the client loop stalled after the migration: {} requests served",
+        served.load(Ordering::SeqCst)
+    );
+
+    // No command crossed slots, at the nodes or in the store's view; the requests that met a
+    // moving slot were redirected (or bypassed the cache on a transient error), nothing else.
+    let replied =
+        |errors: &BTreeMap<String, u64>, code: &str| errors.get(code).copied().unwrap_or(0);
+    let redirects = ["MOVED", "ASK"]
+        .map(|code| replied(&errors_after, code).saturating_sub(replied(&errors_before, code)));
+    assert_eq!(replied(&errors_after, "CROSSSLOT"), 0, "{errors_after:?}");
+    // ASK while a slot moves, MOVED to a client whose slot map is older than the move.
+    assert!(
+        redirects.iter().all(|count| *count > 0),
+        "the nodes did not send both MOVED and ASK redirects: {errors_after:?}"
+    );
+    // F8: the hit ratio dips by less than 5 %. Reads are single-key commands, so they follow
+    // the redirects; only a few meet a slot in the instant its owner changes.
+    let (all, skipped) = (
+        served.load(Ordering::SeqCst),
+        bypassed.load(Ordering::SeqCst),
+    );
+    assert!(
+        skipped * 20 < all,
+        "{skipped} of {all} requests bypassed the cache while the slots moved"
+    );
+    let stats = s.layer.stats();
+    for kind in ["misconfigured", "corrupt", "other", "oom", "readonly"] {
+        assert_eq!(stats.store_errors_by[kind], 0, "{kind}: {stats:?}");
+    }
+    assert_eq!(stats.decode_errors, 0, "{stats:?}");
+    assert_eq!(stats.foreign_entries, 0, "{stats:?}");
+
+    // The keys live on their new primaries: the source of each slot holds none of them.
+    for (slot, (from, to)) in &moves {
+        assert_eq!(
+            cluster.count_keys_in_slot(*from, *slot),
+            0,
+            "slot {slot} still has keys on {from}"
+        );
+        assert!(
+            cluster.count_keys_in_slot(*to, *slot) > 0,
+            "slot {slot} has no keys on {to}"
+        );
+    }
+    for path in &paths {
+        let prefix = path_prefix("mv", path);
+        let (_, to) = moves[&cluster.slot_of(&prefix)];
+        assert!(
+            !cluster.keys_on(to, &format!("{prefix}:e:*")).is_empty(),
+            "{path}'s entries are not on {to}"
+        );
+    }
+
+    // Hits resume on every moved path (after a breaker cool-down, if the migration opened it).
+    let hits_before = s.layer.stats().hits;
+    for path in &paths {
+        let since = Instant::now();
+        loop {
+            let got = s.client.get(path).await;
+            assert_eq!(got.status, 200, "{path}: {}", got.text());
+            assert!(
+                got.text().starts_with(&format!("path={path} query= call=")),
+                "{path} got the body {:?}",
+                got.text()
+            );
+            if got.is_hit() {
+                break;
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(20),
+                "{path} is still not a hit 20 s after the migration: {:?} {:?}",
+                got.cache_status(),
+                s.layer.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(s.layer.stats().hits >= hits_before + paths.len() as u64);
+    eprintln!(
+        "{moved} keys of {} slots moved in {moving:?}; {served_while_moving} requests served \
+         by then, {} in all ({} bypassed the cache), the slowest in {} ms; redirects (MOVED, ASK) {redirects:?}; \
+         node errors before {errors_before:?}, after {errors_after:?}; stats {stats_after_loop:?}",
+        moves.len(),
+        served.load(Ordering::SeqCst),
+        bypassed.load(Ordering::SeqCst),
+        slowest_ms.load(Ordering::SeqCst),
+    );
+    settled(&cluster).await;
+    assert_every_key_expires(&cluster, "mv:v1:*");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -587,14 +587,21 @@ impl Store for RedisClusterStore {
         key: &'a str,
         generation_key: &'a str,
     ) -> StoreFuture<'a, (Option<Bytes>, u64)> {
-        self.run(move |mut connection| async move {
-            // Both keys carry the path's hash tag: one slot, one node, one round trip.
-            let (value, generation): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
-                .arg(key)
-                .arg(generation_key)
-                .query_async(&mut connection)
-                .await
-                .map_err(|err| cluster_error(&err))?;
+        self.run(move |connection| async move {
+            // Two single-key reads sent together (one round trip), not one `MGET`: while a slot
+            // migrates, a multi-key command whose keys are not all on one node (and the
+            // generation key usually does not exist at all) gets `TRYAGAIN` until the move
+            // ends, where a single-key read simply follows the `ASK` redirect.
+            let (mut first, mut second) = (connection.clone(), connection);
+            let (entry_get, generation_get) = (
+                redis::cmd("GET").arg(key).to_owned(),
+                redis::cmd("GET").arg(generation_key).to_owned(),
+            );
+            let entry = entry_get.query_async::<Option<Vec<u8>>>(&mut first);
+            let generation = generation_get.query_async::<Option<Vec<u8>>>(&mut second);
+            let (value, generation) = tokio::join!(entry, generation);
+            let value = value.map_err(|err| cluster_error(&err))?;
+            let generation = generation.map_err(|err| cluster_error(&err))?;
             Ok((value.map(Bytes::from), parse_generation(generation)))
         })
     }

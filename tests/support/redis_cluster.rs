@@ -9,13 +9,15 @@
 //!
 //! A small blocking RESP client ([`RedisCluster::cmd`]) talks to one node at a time, so tests
 //! can look at what each primary holds; [`RedisCluster::kill`] crashes one node to make the
-//! cluster fail over.
+//! cluster fail over, and [`RedisCluster::migrate_slot`] moves one hash slot to another primary
+//! the way `redis-cli --cluster reshard` does.
 //!
 //! [`RedisCluster::start_tls`] starts the same cluster with TLS as well: every node also
 //! listens on a TLS port, and the cluster bus and replication run over TLS, with the
 //! certificates of a [`TestCertificates`] (made by `openssl` for the test). The plain ports
 //! stay open for the fixture's own client.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -172,6 +174,22 @@ impl RedisCluster {
             .filter(|line| line.is_primary && !line.failed)
             .map(|line| line.port)
             .collect()
+    }
+
+    /// Waits until the first live node that answers sees exactly `count` primaries (right after
+    /// the cluster forms, it may still take a node that is to become a replica for a primary
+    /// without slots), at most `timeout`; returns whether it did.
+    pub fn wait_until_primaries(&self, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.primaries().len() == count {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The ports of the live nodes that replicate the primary on `port`, sorted.
@@ -341,6 +359,171 @@ impl RedisCluster {
         }
     }
 
+    /// The cluster node id of the node on `port` (`CLUSTER MYID`).
+    pub fn node_id(&self, port: u16) -> String {
+        match self.cmd(port, &["CLUSTER", "MYID"]) {
+            Reply::Bulk(Some(id)) => String::from_utf8_lossy(&id).into_owned(),
+            other => panic!("unexpected CLUSTER MYID reply from port {port}: {other:?}"),
+        }
+    }
+
+    /// The port of the primary that owns `slot` in the view of the node on `viewer`, if any.
+    pub fn owner_seen_by(&self, viewer: u16, slot: u16) -> Option<u16> {
+        match self.try_cmd(viewer, &["CLUSTER", "NODES"]) {
+            Ok(Reply::Bulk(Some(text))) => String::from_utf8_lossy(&text)
+                .lines()
+                .filter_map(NodeLine::parse)
+                .find(|line| line.is_primary && line.owns(slot))
+                .map(|line| line.port),
+            _ => None,
+        }
+    }
+
+    /// The port of the primary that owns `slot`, in the view of the first live node that
+    /// answers.
+    pub fn owner_of(&self, slot: u16) -> Option<u16> {
+        self.cluster_nodes()
+            .into_iter()
+            .find(|line| line.is_primary && line.owns(slot))
+            .map(|line| line.port)
+    }
+
+    /// Waits until every live node says the primary on `port` owns `slot`, at most `timeout`;
+    /// returns whether they did.
+    pub fn wait_until_slot_owned_by(&self, slot: u16, port: u16, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let agreed = self
+                .ports
+                .iter()
+                .copied()
+                .filter(|viewer| self.is_running(*viewer))
+                .all(|viewer| self.owner_seen_by(viewer, slot) == Some(port));
+            if agreed {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// How many keys of `slot` the node on `port` holds (`CLUSTER COUNTKEYSINSLOT`).
+    pub fn count_keys_in_slot(&self, port: u16, slot: u16) -> i64 {
+        let slot = slot.to_string();
+        match self.cmd(port, &["CLUSTER", "COUNTKEYSINSLOT", &slot]) {
+            Reply::Int(count) => count,
+            other => panic!("unexpected CLUSTER COUNTKEYSINSLOT reply from port {port}: {other:?}"),
+        }
+    }
+
+    /// Moves `slot` from the primary on `from` to the primary on `to`, as a reshard does:
+    /// `SETSLOT IMPORTING` on the target and `MIGRATING` on the source, then the keys in about
+    /// `batches` `MIGRATE` calls (`CLUSTER GETKEYSINSLOT` on the source until it has none
+    /// left), then `SETSLOT NODE` on the target, the source and every other primary.
+    ///
+    /// `pause` is slept after the slot is marked and after every batch, so that clients meet
+    /// the slot while it is moving (`ASK`, and `TRYAGAIN` for multi-key commands while its keys
+    /// are split between the two nodes). Returns how many keys were moved.
+    ///
+    /// # Panics
+    ///
+    /// If a node refuses a step.
+    pub fn migrate_slot(
+        &self,
+        slot: u16,
+        from: u16,
+        to: u16,
+        batches: usize,
+        pause: Duration,
+    ) -> usize {
+        let from_id = self.node_id(from);
+        let to_id = self.node_id(to);
+        let slot_text = slot.to_string();
+        let expect_ok = |port: u16, args: &[&str]| {
+            let reply = self.cmd(port, args);
+            assert!(reply.is_ok(), "{args:?} on port {port}: {reply:?}");
+        };
+        expect_ok(
+            to,
+            &["CLUSTER", "SETSLOT", &slot_text, "IMPORTING", &from_id],
+        );
+        expect_ok(
+            from,
+            &["CLUSTER", "SETSLOT", &slot_text, "MIGRATING", &to_id],
+        );
+        thread::sleep(pause);
+        let total = usize::try_from(self.count_keys_in_slot(from, slot)).unwrap_or(0);
+        let batch = total.div_ceil(batches.max(1)).max(1).to_string();
+        let to_port = to.to_string();
+        let timeout_ms = CMD_TIMEOUT.as_millis().to_string();
+        let mut moved = 0;
+        loop {
+            let reply = self.cmd(from, &["CLUSTER", "GETKEYSINSLOT", &slot_text, &batch]);
+            let keys: Vec<String> = match reply.as_array() {
+                Some(keys) => keys
+                    .iter()
+                    .map(|key| match key.as_bytes() {
+                        Some(key) => String::from_utf8_lossy(key).into_owned(),
+                        None => panic!("unexpected key in GETKEYSINSLOT reply: {key:?}"),
+                    })
+                    .collect(),
+                None => panic!("unexpected CLUSTER GETKEYSINSLOT reply from {from}: {reply:?}"),
+            };
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec![
+                "MIGRATE",
+                "127.0.0.1",
+                &to_port,
+                "",
+                "0",
+                &timeout_ms,
+                "KEYS",
+            ];
+            args.extend(keys.iter().map(String::as_str));
+            match self.cmd(from, &args) {
+                // NOKEY: the keys expired or were deleted in the meantime.
+                Reply::Simple(status) if status == "OK" || status == "NOKEY" => {}
+                other => panic!("MIGRATE of slot {slot} from {from} to {to} failed: {other:?}"),
+            }
+            moved += keys.len();
+            thread::sleep(pause);
+        }
+        // The target first, so that the slot is never left without an owner that has its keys.
+        let others: Vec<u16> = self
+            .primaries()
+            .into_iter()
+            .filter(|port| *port != from && *port != to)
+            .collect();
+        for port in [to, from].into_iter().chain(others) {
+            expect_ok(port, &["CLUSTER", "SETSLOT", &slot_text, "NODE", &to_id]);
+        }
+        moved
+    }
+
+    /// The error replies every live node has sent since it started, by error code
+    /// (`INFO errorstats`: `MOVED`, `ASK`, `TRYAGAIN`, `CROSSSLOT`, ...), added up over the nodes.
+    pub fn error_replies(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for port in self.ports.iter().copied().filter(|p| self.is_running(*p)) {
+            for line in self.info(port, "errorstats").lines() {
+                // errorstat_MOVED:count=12
+                let Some((code, count)) = line
+                    .strip_prefix("errorstat_")
+                    .and_then(|rest| rest.split_once(":count="))
+                else {
+                    continue;
+                };
+                let count: u64 = count.trim().parse().unwrap_or(0);
+                *counts.entry(code.to_owned()).or_insert(0) += count;
+            }
+        }
+        counts
+    }
+
     /// How many clients subscribe to `channel`, added up over every live node (a node counts
     /// only its own subscribers).
     pub fn subscribers(&self, channel: &str) -> i64 {
@@ -474,10 +657,12 @@ struct NodeLine {
     is_primary: bool,
     failed: bool,
     primary_id: String,
+    /// The slot ranges the node owns, inclusive (migration markers `[slot->-id]` left out).
+    slots: Vec<(u16, u16)>,
 }
 
 impl NodeLine {
-    /// `<id> <ip:port@cport> <flags> <primary id or -> ...`
+    /// `<id> <ip:port@cport> <flags> <primary id or -> <ping> <pong> <epoch> <link> <slots...>`
     fn parse(line: &str) -> Option<NodeLine> {
         let mut fields = line.split_whitespace();
         let id = fields.next()?.to_owned();
@@ -486,13 +671,28 @@ impl NodeLine {
         let primary_id = fields.next()?.to_owned();
         let port = addr.split('@').next()?.rsplit(':').next()?.parse().ok()?;
         let flags: Vec<&str> = flags.split(',').collect();
+        let slots = fields
+            .skip(4)
+            .filter(|range| !range.starts_with('['))
+            .filter_map(|range| match range.split_once('-') {
+                Some((start, end)) => Some((start.parse().ok()?, end.parse().ok()?)),
+                None => range.parse().ok().map(|slot| (slot, slot)),
+            })
+            .collect();
         Some(NodeLine {
             id,
             port,
             is_primary: flags.contains(&"master"),
             failed: flags.contains(&"fail") || flags.contains(&"fail?"),
             primary_id,
+            slots,
         })
+    }
+
+    fn owns(&self, slot: u16) -> bool {
+        self.slots
+            .iter()
+            .any(|(start, end)| (*start..=*end).contains(&slot))
     }
 }
 
