@@ -85,6 +85,15 @@ impl Flights {
         })
     }
 
+    /// The fill of `key` in flight, if there is one (without starting one).
+    pub(crate) fn in_flight(&self, key: &str) -> Option<Slot> {
+        let map = match self.in_flight.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.get(key).cloned()
+    }
+
     /// Number of fills in flight.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -518,7 +518,7 @@ impl Job {
 
     async fn run<S, ReqBody, ResBody>(
         mut self,
-        ready: S,
+        mut ready: S,
         request: Request<ReqBody>,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
@@ -542,6 +542,21 @@ impl Job {
                 return Ok(self.answer_owned(*entry, resident, CacheOutcome::Hit, None));
             }
             Lookup::Unavailable(kind) => {
+                // A slow store must not multiply origin calls: a fill of this key already
+                // running here (its leader read the store in time) answers this request too.
+                if let Some(slot) = self.state.flights.in_flight(base.entry_key()) {
+                    let spare = ready.clone();
+                    drop(ready);
+                    if let Some(FillOutcome::Stored(entry)) =
+                        Box::pin(follow(slot, self.config.lock_wait)).await
+                    {
+                        if self.shares(&entry, &request) {
+                            bump(&self.state.counters.collapsed);
+                            return Ok(self.answer(&entry, 0, CacheOutcome::Collapsed, None));
+                        }
+                    }
+                    ready = spare;
+                }
                 tracing::debug!(target: "tower_response_cache", outcome = "bypass", reason = "store-error", kind);
                 let status = CacheStatus::bypass("store-unavailable");
                 // Cold paths are boxed, so the hit path's future stays small.

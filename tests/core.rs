@@ -499,6 +499,55 @@ async fn a_paused_redis_costs_at_most_the_deadline_and_is_bypassed() {
     );
 }
 
+/// Redis stalls while a fill is running: the requests whose reads then miss the deadline do not
+/// each call the origin, they follow the fill in flight and get its response.
+#[tokio::test]
+async fn requests_whose_reads_time_out_follow_the_fill_in_flight() {
+    let redis = RedisServer::start();
+    let layer = redis_layer(&redis)
+        .read_deadline(Duration::from_millis(100))
+        .lock_wait(Duration::from_secs(20));
+    let (client, calls) = start(layer.clone()).await;
+    let url = "/stall?delay=1500";
+    let leader = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get(url).await })
+    };
+    // The leader has read the store, taken the fill lock and is in its origin call.
+    assert!(
+        eventually(|| calls.total() == 1).await,
+        "{:?}",
+        layer.stats()
+    );
+    redis.pause();
+    let followers: Vec<_> = (0..5)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get(url).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for follower in followers {
+        answers.push(follower.await.unwrap());
+    }
+    redis.resume();
+    let leader = leader.await.unwrap();
+    assert_eq!(leader.status, 200);
+    assert_eq!(calls.total(), 1, "{:?}", layer.stats());
+    for got in answers {
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body, leader.body);
+        assert!(
+            got.cache_status().contains("collapsed"),
+            "{}",
+            got.cache_status()
+        );
+    }
+    let stats = layer.stats();
+    assert!(stats.collapsed >= 5, "{stats:?}");
+    assert!(stats.store_errors >= 5, "{stats:?}");
+}
+
 #[tokio::test]
 async fn the_app_starts_and_serves_while_redis_is_down() {
     let mut redis = RedisServer::start();
