@@ -961,25 +961,31 @@ impl Policy {
         if route.is_some_and(Route::is_bypass) {
             return RequestDecision::Bypass(BypassReason::Route);
         }
-        if is_upgrade(headers) {
+        let present = Present::scan(headers, &self.deny);
+        if present.upgrade
+            || (present.connection && has_token(headers, &header::CONNECTION, "upgrade"))
+        {
             return RequestDecision::Bypass(BypassReason::Upgrade);
         }
-        if headers.contains_key(header::RANGE) {
+        if present.range {
             return RequestDecision::Bypass(BypassReason::Range);
         }
-        if has_body(headers) {
+        if present.transfer_encoding || (present.content_length && has_body(headers)) {
             return RequestDecision::Bypass(BypassReason::RequestBody);
         }
-        if self.deny.iter().any(|name| headers.contains_key(name)) {
+        if present.denied {
             return RequestDecision::Bypass(BypassReason::UnkeyedHeader);
         }
-        let cc = CacheControl::parse(headers);
+        let cc = if present.cache_control {
+            CacheControl::parse(headers)
+        } else {
+            CacheControl::default()
+        };
         if cc.no_store {
             return RequestDecision::Bypass(BypassReason::RequestNoStore);
         }
-        let has_authorization = headers.contains_key(header::AUTHORIZATION)
-            || headers.contains_key(header::PROXY_AUTHORIZATION);
-        let has_cookie = headers.contains_key(header::COOKIE);
+        let has_authorization = present.authorization;
+        let has_cookie = present.cookie;
         let per_principal = route.is_some_and(|route| route.per_principal);
         let allow_authenticated = route.is_some_and(Route::allows_authenticated) || per_principal;
         if !allow_authenticated {
@@ -992,7 +998,8 @@ impl Policy {
         }
         let wants_end_to_end = cc.no_cache
             || matches!(cc.max_age, Some(Directive::Seconds(0) | Directive::Invalid))
-            || (!headers.contains_key(header::CACHE_CONTROL)
+            || (!present.cache_control
+                && present.pragma
                 && has_token(headers, &header::PRAGMA, "no-cache"));
         let max_keys = route.and_then(|route| {
             let cap = route.max_keys?;
@@ -1236,10 +1243,55 @@ fn date_field(headers: &HeaderMap, name: &HeaderName) -> DateField {
 }
 
 /// Whether the request asks to switch protocols.
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
-        || has_token(headers, &header::CONNECTION, "upgrade")
+/// Which of the request fields that decide a request's fate it has: one pass over the names the
+/// request carries (usually a handful) instead of one map lookup per field of interest.
+#[derive(Debug, Default)]
+struct Present {
+    /// `Upgrade` or `Sec-WebSocket-Key`.
+    upgrade: bool,
+    connection: bool,
+    range: bool,
+    transfer_encoding: bool,
+    content_length: bool,
+    /// A deny-listed field.
+    denied: bool,
+    cache_control: bool,
+    pragma: bool,
+    /// `Authorization` or `Proxy-Authorization`.
+    authorization: bool,
+    cookie: bool,
+}
+
+impl Present {
+    fn scan(headers: &HeaderMap, deny: &[HeaderName]) -> Self {
+        let mut present = Present::default();
+        for name in headers.keys() {
+            if name == header::UPGRADE || name == header::SEC_WEBSOCKET_KEY {
+                present.upgrade = true;
+            } else if name == header::CONNECTION {
+                present.connection = true;
+            } else if name == header::RANGE {
+                present.range = true;
+            } else if name == header::TRANSFER_ENCODING {
+                present.transfer_encoding = true;
+            } else if name == header::CONTENT_LENGTH {
+                present.content_length = true;
+            } else if name == header::CACHE_CONTROL {
+                present.cache_control = true;
+            } else if name == header::PRAGMA {
+                present.pragma = true;
+            } else if name == header::AUTHORIZATION || name == header::PROXY_AUTHORIZATION {
+                present.authorization = true;
+            } else if name == header::COOKIE {
+                present.cookie = true;
+            }
+            // Checked for every name: a deny-list may name any field, standard ones included.
+            if deny.contains(name) {
+                present.denied = true;
+            }
+        }
+        present
+    }
 }
 
 /// Whether the request has (or may have) a body: any `Transfer-Encoding`, or a `Content-Length`

@@ -1,7 +1,7 @@
 //! The in-process store: a moka cache bounded by bytes, with a TTL per value.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,7 +33,7 @@ pub struct MemoryStore {
     capacity: u64,
     /// Path generations (for fenced writes), with their expiry. The lock is only ever held for
     /// a map operation and a cache insert, never across an `.await`.
-    generations: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
+    generations: Arc<RwLock<HashMap<String, (u64, Instant)>>>,
     /// Tag sets: members and the set's expiry.
     tags: Arc<Mutex<HashMap<String, TagSet>>>,
 }
@@ -93,8 +93,17 @@ impl MemoryStore {
         }
     }
 
-    fn generations(&self) -> MutexGuard<'_, HashMap<String, (u64, Instant)>> {
-        match self.generations.lock() {
+    /// The generations for reading: hits and fenced writes share the lock, only a bump takes
+    /// it alone (so a fenced write's check and insert still see no bump in between).
+    fn generations(&self) -> RwLockReadGuard<'_, HashMap<String, (u64, Instant)>> {
+        match self.generations.read() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn generations_mut(&self) -> RwLockWriteGuard<'_, HashMap<String, (u64, Instant)>> {
+        match self.generations.write() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         }
@@ -296,7 +305,7 @@ impl Store for MemoryStore {
         generation_key: &'a str,
         ttl: Duration,
     ) -> StoreFuture<'a, u64> {
-        let mut generations = self.generations();
+        let mut generations = self.generations_mut();
         let now = Instant::now();
         if generations.len() >= GENERATION_SWEEP_AT {
             generations.retain(|_, (_, until)| *until > now);
