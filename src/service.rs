@@ -56,20 +56,18 @@ const FORWARD_BUFFER: usize = 16;
 
 /// The service made by [`CacheLayer`](crate::CacheLayer): caches the responses of `S`.
 ///
-/// Cloning is cheap (the inner service's clone and two `Arc`s). `poll_ready` is the inner
+/// Cloning is cheap (the inner service's clone and one `Arc`). `poll_ready` is the inner
 /// service's; a request that is answered from the cache drops the readied inner service unused.
 pub struct CacheService<S> {
     inner: S,
-    config: Arc<Config>,
-    state: Arc<State>,
+    shared: Arc<Shared>,
 }
 
 impl<S: Clone> Clone for CacheService<S> {
     fn clone(&self) -> Self {
         CacheService {
             inner: self.inner.clone(),
-            config: Arc::clone(&self.config),
-            state: Arc::clone(&self.state),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -84,8 +82,7 @@ impl<S> CacheService<S> {
     pub(crate) fn new(inner: S, config: Arc<Config>, state: Arc<State>) -> Self {
         CacheService {
             inner,
-            config,
-            state,
+            shared: Arc::new(Shared { config, state }),
         }
     }
 
@@ -181,23 +178,30 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        if !self.config.grpc.is_empty()
+        if !self.shared.config.grpc.is_empty()
             && request.method() == Method::POST
             && is_grpc(request.headers())
         {
             let path = request.uri().path();
-            if let Some(method) = self.config.grpc.iter().find(|m| m.matches(path)).cloned() {
+            if let Some(method) = self
+                .shared
+                .config
+                .grpc
+                .iter()
+                .find(|m| m.matches(path))
+                .cloned()
+            {
                 return self.grpc_call(request, method);
             }
         }
-        let config = &self.config;
+        let config = &self.shared.config;
         let decision =
             config
                 .policy
                 .classify(request.method(), request.uri().path(), request.headers());
         let info = match decision {
             RequestDecision::Bypass(reason) => {
-                self.state.counters.bypassed(reason);
+                self.shared.state.counters.bypassed(reason);
                 tracing::trace!(target: "tower_response_cache", outcome = "bypass", reason = reason.as_str());
                 let status = config.bypass_status(reason).cloned();
                 // gRPC calls are all POSTs: they are not writes to a resource.
@@ -219,7 +223,7 @@ where
         ) {
             Ok(target) => target,
             Err(rejection) => {
-                bump(&self.state.counters.uri_rejected);
+                bump(&self.shared.state.counters.uri_rejected);
                 tracing::debug!(target: "tower_response_cache", outcome = "bypass", reason = rejection.as_str());
                 let status =
                     CacheStatus::bypass(rejection.as_str()).header_value(&config.cache_name);
@@ -233,7 +237,7 @@ where
                     && request.uri().query().is_some_and(|q| q.contains(';'))
                 {
                     let reason = BypassReason::QuerySeparator;
-                    self.state.counters.bypassed(reason);
+                    self.shared.state.counters.bypassed(reason);
                     let status = config.bypass_status(reason).cloned();
                     return self.bypass(request, status, reason.as_str());
                 }
@@ -253,7 +257,7 @@ where
                 )])),
                 None => {
                     let reason = BypassReason::Authorization;
-                    self.state.counters.bypassed(reason);
+                    self.shared.state.counters.bypassed(reason);
                     let status = config.bypass_status(reason).cloned();
                     return self.bypass(request, status, reason.as_str());
                 }
@@ -265,8 +269,7 @@ where
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
         let job = Job {
-            config: Arc::clone(&self.config),
-            state: Arc::clone(&self.state),
+            shared: Arc::clone(&self.shared),
             info,
             target,
             generation: 0,
@@ -301,8 +304,9 @@ impl<S> CacheService<S> {
     {
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        let config = Arc::clone(&self.config);
-        let state = Arc::clone(&self.state);
+        let shared = Arc::clone(&self.shared);
+        let config = Arc::clone(&shared.config);
+        let state = Arc::clone(&shared.state);
         let future = async move {
             let bypass = |detail: &'static str| CacheStatus::bypass(detail);
             let mark = |mut response: Response<CacheBody<ResBody>>, status: CacheStatus| {
@@ -351,8 +355,7 @@ impl<S> CacheService<S> {
             )];
             extra.extend(vary_values(method.metadata(), request.headers()));
             let job = Job {
-                config: Arc::clone(&config),
-                state: Arc::clone(&state),
+                shared,
                 info: RequestInfo {
                     route_ttl: method.get_ttl(),
                     ..RequestInfo::default()
@@ -387,15 +390,16 @@ impl<S> CacheService<S> {
         ResBody: Body + Send + 'static,
     {
         let purger = Purger {
-            config: Arc::clone(&self.config),
-            state: Arc::clone(&self.state),
+            config: Arc::clone(&self.shared.config),
+            state: Arc::clone(&self.shared.state),
         };
         let path = request.uri().path().to_owned();
         let future = self.inner.call(request);
         let strip = self
+            .shared
             .config
             .strip_tag_header
-            .then(|| self.config.tag_header.clone())
+            .then(|| self.shared.config.tag_header.clone())
             .flatten();
         ResponseFuture {
             kind: FutureKind::Cached {
@@ -434,9 +438,10 @@ impl<S> CacheService<S> {
         ResBody: Body,
     {
         let strip = self
+            .shared
             .config
             .strip_tag_header
-            .then(|| self.config.tag_header.clone())
+            .then(|| self.shared.config.tag_header.clone())
             .flatten();
         ResponseFuture {
             kind: FutureKind::Bypass {
@@ -456,11 +461,17 @@ fn is_write(method: &Method) -> bool {
     )
 }
 
+/// The layer's configuration and state, behind one `Arc` so that a service clone and a request's
+/// job each count one reference, not two.
+struct Shared {
+    config: Arc<Config>,
+    state: Arc<State>,
+}
+
 /// Everything the cache path of one request needs.
 #[derive(Clone)]
 struct Job {
-    config: Arc<Config>,
-    state: Arc<State>,
+    shared: Arc<Shared>,
     info: RequestInfo,
     target: CanonicalTarget,
     /// The path's purge generation when the lookup ran: fills are fenced with it.
@@ -507,11 +518,18 @@ impl Job {
     /// The keys of this request for the given Vary values (plus any extra key components).
     fn key_for(&self, method: &Method, vary: &[VaryValue]) -> RequestKey {
         match &self.extra {
-            None => self.config.deriver.request_key(method, &self.target, vary),
+            None => self
+                .shared
+                .config
+                .deriver
+                .request_key(method, &self.target, vary),
             Some(extra) => {
                 let mut all = extra.to_vec();
                 all.extend_from_slice(vary);
-                self.config.deriver.request_key(method, &self.target, &all)
+                self.shared
+                    .config
+                    .deriver
+                    .request_key(method, &self.target, &all)
             }
         }
     }
@@ -537,21 +555,21 @@ impl Job {
         {
             Lookup::Fresh(entry, resident) => {
                 drop(ready);
-                bump(&self.state.counters.hits);
+                bump(&self.shared.state.counters.hits);
                 tracing::trace!(target: "tower_response_cache", outcome = "hit");
                 return Ok(self.answer_owned(*entry, resident, CacheOutcome::Hit, None));
             }
             Lookup::Unavailable(kind) => {
                 // A slow store must not multiply origin calls: a fill of this key already
                 // running here (its leader read the store in time) answers this request too.
-                if let Some(slot) = self.state.flights.in_flight(base.entry_key()) {
+                if let Some(slot) = self.shared.state.flights.in_flight(base.entry_key()) {
                     let spare = ready.clone();
                     drop(ready);
                     if let Some(FillOutcome::Stored(entry)) =
-                        Box::pin(follow(slot, self.config.lock_wait)).await
+                        Box::pin(follow(slot, self.shared.config.lock_wait)).await
                     {
                         if self.shares(&entry, &request) {
-                            bump(&self.state.counters.collapsed);
+                            bump(&self.shared.state.counters.collapsed);
                             return Ok(self.answer(&entry, 0, CacheOutcome::Collapsed, None));
                         }
                     }
@@ -565,7 +583,7 @@ impl Job {
             }
             Lookup::Stale(entry, resident, key) => {
                 if stale_by(&entry, resident) < u64::from(entry.stale_while_revalidate_secs) {
-                    bump(&self.state.counters.stale_hits);
+                    bump(&self.shared.state.counters.stale_hits);
                     let answer = self.answer(
                         &entry,
                         resident,
@@ -584,7 +602,7 @@ impl Job {
             }
             Lookup::Miss(key) => (key, None),
         };
-        bump(&self.state.counters.misses);
+        bump(&self.shared.state.counters.misses);
         if self.info.only_if_cached {
             drop(ready);
             return Ok(gateway_timeout());
@@ -623,18 +641,18 @@ impl Job {
         ResBody::Data: Send,
         ResBody::Error: Send + 'static,
     {
-        if self.state.flights.is_pass(key.entry_key()) {
+        if self.shared.state.flights.is_pass(key.entry_key()) {
             return self.clone().fill(ready, request, None, None).await;
         }
-        let mut guard = match self.state.flights.join(key.entry_key()) {
+        let mut guard = match self.shared.state.flights.join(key.entry_key()) {
             Join::Leader(guard) => guard,
             Join::Follower(slot) => {
                 // Waiting costs no capacity of the inner service: give the readied one back.
                 let spare = ready.clone();
                 drop(ready);
-                match follow(slot, self.config.lock_wait).await {
+                match follow(slot, self.shared.config.lock_wait).await {
                     Some(FillOutcome::Stored(entry)) if self.shares(&entry, &request) => {
-                        bump(&self.state.counters.collapsed);
+                        bump(&self.shared.state.counters.collapsed);
                         return Ok(self.answer(&entry, 0, CacheOutcome::Collapsed, None));
                     }
                     // Not shareable or failed: each follower asks the origin on its own.
@@ -647,19 +665,19 @@ impl Job {
                 let mut probe = self.clone();
                 if let Lookup::Fresh(entry, resident) = probe.lookup(base, &method, &headers).await
                 {
-                    bump(&self.state.counters.collapsed);
+                    bump(&self.shared.state.counters.collapsed);
                     return Ok(self.answer(&entry, resident, CacheOutcome::Collapsed, None));
                 }
                 return self.clone().fill(spare, request, None, None).await;
             }
         };
-        if !self.config.store.is_shared() {
+        if !self.shared.config.store.is_shared() {
             return self.clone().fill(ready, request, Some(guard), None).await;
         }
         let (lock, taken) = self.try_lock(key).await;
         match taken {
             Ok(true) => {
-                bump(&self.state.counters.locks_acquired);
+                bump(&self.shared.state.counters.locks_acquired);
                 // Another instance's fill may have landed (and released the lock) between our
                 // read and our lock: read once more before calling the origin.
                 let mut probe = self.clone();
@@ -670,7 +688,7 @@ impl Job {
                     drop(ready);
                     // Releasing the lock also announces the entry to anyone still waiting.
                     drop(lock);
-                    bump(&self.state.counters.collapsed);
+                    bump(&self.shared.state.counters.collapsed);
                     guard.publish(FillOutcome::Stored(Arc::new((*entry).clone())));
                     drop(guard);
                     return Ok(self.answer_owned(*entry, resident, CacheOutcome::Collapsed, None));
@@ -681,7 +699,7 @@ impl Job {
             }
             Ok(false) => {
                 lock.disarm();
-                bump(&self.state.counters.locks_waited);
+                bump(&self.shared.state.counters.locks_waited);
                 let spare = ready.clone();
                 drop(ready);
                 let (method, headers) = (request.method().clone(), request.headers().clone());
@@ -690,14 +708,14 @@ impl Job {
                     .await
                 {
                     Some((entry, resident)) => {
-                        bump(&self.state.counters.collapsed);
+                        bump(&self.shared.state.counters.collapsed);
                         let shared = Arc::new((*entry).clone());
                         guard.publish(FillOutcome::Stored(shared));
                         drop(guard);
                         Ok(self.answer(&entry, resident, CacheOutcome::Collapsed, None))
                     }
                     None => {
-                        bump(&self.state.counters.lock_timeouts);
+                        bump(&self.shared.state.counters.lock_timeouts);
                         self.clone().fill(spare, request, Some(guard), None).await
                     }
                 }
@@ -705,7 +723,7 @@ impl Job {
             Err(err) => {
                 // The lock is an efficiency lock: without it, local coalescing still holds.
                 lock.disarm();
-                self.state.counters.store_error(err.kind());
+                self.shared.state.counters.store_error(err.kind());
                 self.clone().fill(ready, request, Some(guard), None).await
             }
         }
@@ -714,8 +732,9 @@ impl Job {
     /// Try to take the shared fill lock of `key`, under the read deadline.
     async fn try_lock(&self, key: &RequestKey) -> (HeldLock, Result<bool, crate::StoreError>) {
         let lock = HeldLock::new(self, key);
-        let config = &self.config;
+        let config = &self.shared.config;
         let taken = self
+            .shared
             .state
             .guard
             .run(
@@ -737,7 +756,7 @@ impl Job {
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<(Box<StoredResponse>, u64)> {
-        let events = &self.state.events;
+        let events = &self.shared.state.events;
         // Lookups record the path's generation; this one must not change the fill's.
         let mut probe = self.clone();
         let notify = events.waiter(key.entry_key());
@@ -749,7 +768,7 @@ impl Job {
             match probe.lookup(base, method, headers).await {
                 Lookup::Fresh(entry, resident) => Some((entry, resident)),
                 _ => {
-                    let _ = tokio::time::timeout(self.config.lock_wait, notified).await;
+                    let _ = tokio::time::timeout(self.shared.config.lock_wait, notified).await;
                     match probe.lookup(base, method, headers).await {
                         Lookup::Fresh(entry, resident) => Some((entry, resident)),
                         _ => None,
@@ -773,13 +792,13 @@ impl Job {
         ResBody::Data: Send,
         ResBody::Error: Send + 'static,
     {
-        let guard = match self.state.flights.join(key.entry_key()) {
+        let guard = match self.shared.state.flights.join(key.entry_key()) {
             Join::Leader(guard) => guard,
             // A refresh (or fill) of this key is already running.
             Join::Follower(_) => return,
         };
         tokio::spawn(async move {
-            let lock = if self.config.store.is_shared() {
+            let lock = if self.shared.config.store.is_shared() {
                 let (lock, taken) = self.try_lock(&key).await;
                 if !matches!(taken, Ok(true)) {
                     // Another instance refreshes it, or the store is unwell: skip.
@@ -790,7 +809,7 @@ impl Job {
             } else {
                 None
             };
-            bump(&self.state.counters.refreshes);
+            bump(&self.shared.state.counters.refreshes);
             // Nobody reads the answer: the fill stores it.
             let _ = self.fill(ready, request, Some(guard), lock).await;
         });
@@ -810,7 +829,7 @@ impl Job {
             Err(_) => true,
         };
         if failed && stale_by(&entry, resident) < u64::from(entry.stale_if_error_secs) {
-            bump(&self.state.counters.stale_hits);
+            bump(&self.shared.state.counters.stale_hits);
             return Ok(self.answer_owned(
                 *entry,
                 resident,
@@ -857,7 +876,7 @@ impl Job {
             return Lookup::Miss(key);
         }
         if resident < u64::from(entry.ttl_secs) {
-            if let Some(near) = &self.state.near {
+            if let Some(near) = &self.shared.state.near {
                 let left = Duration::from_secs(u64::from(entry.ttl_secs) - resident);
                 near.insert(
                     key.entry_key(),
@@ -884,7 +903,7 @@ impl Job {
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<Lookup> {
-        let near = self.state.near.as_ref()?;
+        let near = self.shared.state.near.as_ref()?;
         if self.info.no_cache {
             return None;
         }
@@ -914,12 +933,13 @@ impl Job {
         key: &RequestKey,
         with_generation: bool,
     ) -> Result<Option<StoredEntry>, &'static str> {
-        let config = Arc::clone(&self.config);
-        let counters = &self.state.counters;
+        let config = &self.shared.config;
+        let counters = &self.shared.state.counters;
         let generation_key;
         let read = if with_generation {
             generation_key = key.generation_key();
-            self.state
+            self.shared
+                .state
                 .guard
                 .run(
                     config.read_deadline,
@@ -930,7 +950,8 @@ impl Job {
                 .await
         } else {
             let generation = self.generation;
-            self.state
+            self.shared
+                .state
                 .guard
                 .run(config.read_deadline, async {
                     Ok((config.store.get(key.entry_key()).await?, generation))
@@ -976,9 +997,9 @@ impl Job {
     }
 
     fn delete_in_background(&self, key: String) {
-        let config = Arc::clone(&self.config);
-        let state = Arc::clone(&self.state);
-        spawn_write(&self.state, async move {
+        let config = Arc::clone(&self.shared.config);
+        let state = Arc::clone(&self.shared.state);
+        spawn_write(&self.shared.state, async move {
             let _ = state
                 .guard
                 .run(config.write_deadline, config.store.delete(&key))
@@ -1078,7 +1099,7 @@ impl Job {
     fn mark<B>(&self, mut response: Response<B>, status: CacheStatus) -> Response<B> {
         response.headers_mut().insert(
             CACHE_STATUS.clone(),
-            status.header_value(&self.config.cache_name),
+            status.header_value(&self.shared.config.cache_name),
         );
         response.extensions_mut().insert(status);
         response
@@ -1142,8 +1163,8 @@ pub(crate) struct HeldLock {
 impl HeldLock {
     fn new(job: &Job, key: &RequestKey) -> Self {
         HeldLock {
-            config: Arc::clone(&job.config),
-            state: Arc::clone(&job.state),
+            config: Arc::clone(&job.shared.config),
+            state: Arc::clone(&job.shared.state),
             lock_key: key.lock_key(),
             token: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
             event_key: key.entry_key().to_owned(),
@@ -1221,9 +1242,9 @@ impl Fill {
         ResBody: Body + Send + 'static,
         ResBody::Error: Send + 'static,
     {
-        let counters = &self.job.state.counters;
+        let counters = &self.job.shared.state.counters;
         bump(&counters.fills_in_flight);
-        let _in_flight = InFlight(Arc::clone(&self.job.state));
+        let _in_flight = InFlight(Arc::clone(&self.job.shared.state));
         let mut request = request;
         let revalidating = match &self.job.revalidate {
             Some(entry) => add_validators(request.headers_mut(), &entry.headers),
@@ -1247,7 +1268,7 @@ impl Fill {
             return;
         }
         let mut response = response;
-        let config = Arc::clone(&self.job.config);
+        let config = Arc::clone(&self.job.shared.config);
         let tags = response_tags(
             response.headers(),
             response.extensions(),
@@ -1284,10 +1305,10 @@ impl Fill {
         let (key, freshness) = match decision {
             Ok(decided) => decided,
             Err(reason) => {
-                self.job.state.counters.not_stored(reason);
+                self.job.shared.state.counters.not_stored(reason);
                 tracing::debug!(target: "tower_response_cache", outcome = "miss", not_stored = reason.as_str());
                 if let Some(guard) = &self.guard {
-                    self.job.state.flights.mark_pass(guard.key());
+                    self.job.shared.state.flights.mark_pass(guard.key());
                 }
                 self.end(FillOutcome::NotShareable);
                 let status = CacheStatus {
@@ -1315,14 +1336,18 @@ impl Fill {
         let status_code = client.status();
         let _ = reply.send(Ok(client));
 
-        let collected = pump(body, frames, self.job.config.max_body_size).await;
+        let collected = pump(body, frames, self.job.shared.config.max_body_size).await;
         let (data, trailers) = match collected {
             Collected::Complete { data, trailers }
                 if self.job.grpc
                     && (!grpc_succeeded(trailers.as_ref()) || !is_single_message(&data)) =>
             {
                 // A gRPC error in the trailers, or a stream of messages: never stored.
-                self.job.state.counters.not_stored(NotStorable::Status);
+                self.job
+                    .shared
+                    .state
+                    .counters
+                    .not_stored(NotStorable::Status);
                 let _ = data;
                 self.end(FillOutcome::NotShareable);
                 return;
@@ -1331,7 +1356,11 @@ impl Fill {
             Collected::Complete { data, .. }
                 if content_length(&stored_headers).is_some_and(|len| len != data.len() as u64) =>
             {
-                self.job.state.counters.not_stored(NotStorable::Incomplete);
+                self.job
+                    .shared
+                    .state
+                    .counters
+                    .not_stored(NotStorable::Incomplete);
                 self.end(FillOutcome::NotShareable);
                 return;
             }
@@ -1342,8 +1371,8 @@ impl Fill {
                 } else {
                     NotStorable::Incomplete
                 };
-                self.job.state.counters.not_stored(reason);
-                self.job.state.flights.mark_pass(key.entry_key());
+                self.job.shared.state.counters.not_stored(reason);
+                self.job.shared.state.flights.mark_pass(key.entry_key());
                 self.end(FillOutcome::NotShareable);
                 return;
             }
@@ -1365,7 +1394,7 @@ impl Fill {
             trailers,
             tags,
         };
-        self.job.state.flights.clear_pass(key.entry_key());
+        self.job.shared.state.flights.clear_pass(key.entry_key());
         let flight = self.guard.take();
         let lock = self.lock.take();
         // Followers learn the outcome once the (fenced) write has decided it; the flight and
@@ -1390,7 +1419,7 @@ impl Fill {
         started: Instant,
         reply: Reply<B, E>,
     ) {
-        let config = Arc::clone(&self.job.config);
+        let config = Arc::clone(&self.job.shared.config);
         let headers = storable_headers(&freshen(&old.headers, not_modified.headers()));
         let decided = config.policy.storability(
             &self.job.info,
@@ -1419,7 +1448,7 @@ impl Fill {
                 }
             }
             Err(reason) => {
-                self.job.state.counters.not_stored(reason);
+                self.job.shared.state.counters.not_stored(reason);
                 entry.ttl_secs = 0;
                 CacheStatus {
                     outcome: CacheOutcome::Miss,
@@ -1463,7 +1492,7 @@ impl Fill {
         if forbidden {
             return (Duration::ZERO, Duration::ZERO);
         }
-        let config = &self.job.config;
+        let config = &self.job.shared.config;
         let (_, max) = config.policy.get_ttl_range();
         (
             freshness
@@ -1481,7 +1510,7 @@ impl Fill {
         request_time: SystemTime,
         response_time: SystemTime,
     ) -> Result<(RequestKey, Freshness), NotStorable> {
-        let config = &self.job.config;
+        let config = &self.job.shared.config;
         let headers = response.headers();
         let freshness = config.policy.storability(
             &self.job.info,
@@ -1514,6 +1543,7 @@ impl Fill {
         if let Some((route, cap)) = self.job.info.max_keys {
             if !self
                 .job
+                .shared
                 .state
                 .admit_key(route, cap, key.request_digest().as_bytes())
             {
@@ -1533,8 +1563,8 @@ impl Fill {
         flight: Option<FlightGuard>,
         lock: Option<HeldLock>,
     ) {
-        let config = Arc::clone(&self.job.config);
-        let state = Arc::clone(&self.job.state);
+        let config = Arc::clone(&self.job.shared.config);
+        let state = Arc::clone(&self.job.shared.state);
         let generation = self.job.generation;
         // Entries outlive their freshness by their stale windows, so stale copies can be used,
         // and those with a validator as long again, so they can be revalidated (a 304 costs
@@ -1576,7 +1606,7 @@ impl Fill {
             .encode(&StoredEntry::Response(StoredResponse::clone(&entry)));
         let entry_key = key.entry_key().to_owned();
         let generation_key = base.generation_key();
-        spawn_write(&self.job.state, async move {
+        spawn_write(&self.job.shared.state, async move {
             let mut flight = flight;
             let _lock = lock;
             let store = &config.store;
