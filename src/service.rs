@@ -977,7 +977,15 @@ impl Job {
                 return Err(err.kind().as_str());
             }
         };
-        match config.codec.decode_shared(&bytes, config.max_entry_len()) {
+        // A value nobody else holds (fresh from a socket) is sliced, not copied; one the store
+        // goes on sharing (the memory store's) is copied, so that concurrent hits do not all
+        // count references on the same allocation from different cores.
+        let decoded = if bytes.is_unique() {
+            config.codec.decode_shared(&bytes, config.max_entry_len())
+        } else {
+            config.codec.decode(&bytes, config.max_entry_len())
+        };
+        match decoded {
             Ok(entry) if entry.request_digest() == key.request_digest().as_bytes() => {
                 Ok(Some(entry))
             }
