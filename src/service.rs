@@ -294,13 +294,9 @@ impl<S> CacheService<S> {
         method: GrpcMethod,
     ) -> ResponseFuture<S::Future, ResBody, S::Error>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
+        S: Origin<ReqBody, ResBody>,
         ReqBody: Send + 'static,
-        ResBody: Body + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Send + 'static,
+        ResBody: OriginBody,
     {
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
@@ -461,6 +457,37 @@ fn is_write(method: &Method) -> bool {
     )
 }
 
+/// The inner services the cache path drives: the bounds that every generic function on that path
+/// needs, written once (the public `Service` impl spells them out).
+trait Origin<ReqBody, ResBody>:
+    Service<
+        Request<ReqBody>,
+        Response = Response<ResBody>,
+        Future: Send + 'static,
+        Error: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T, ReqBody, ResBody> Origin<ReqBody, ResBody> for T where
+    T: Service<
+            Request<ReqBody>,
+            Response = Response<ResBody>,
+            Future: Send + 'static,
+            Error: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// The response bodies the cache path can forward and keep.
+trait OriginBody: Body<Data: Send, Error: Send + 'static> + Send + 'static {}
+
+impl<B> OriginBody for B where B: Body<Data: Send, Error: Send + 'static> + Send + 'static {}
+
 /// The layer's configuration and state, behind one `Arc` so that a service clone and a request's
 /// job each count one reference, not two.
 struct Shared {
@@ -540,13 +567,9 @@ impl Job {
         request: Request<ReqBody>,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
+        S: Origin<ReqBody, ResBody>,
         ReqBody: Send + 'static,
-        ResBody: Body + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Send + 'static,
+        ResBody: OriginBody,
     {
         let base = self.key_for(request.method(), &[]);
         let (key, stale) = match self
@@ -633,13 +656,9 @@ impl Job {
         key: &RequestKey,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
+        S: Origin<ReqBody, ResBody>,
         ReqBody: Send + 'static,
-        ResBody: Body + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Send + 'static,
+        ResBody: OriginBody,
     {
         if self.shared.state.flights.is_pass(key.entry_key()) {
             return self.clone().fill(ready, request, None, None).await;
@@ -784,13 +803,9 @@ impl Job {
     /// one across instances where the store is shared.
     fn refresh<S, ReqBody, ResBody>(self, ready: S, request: Request<ReqBody>, key: RequestKey)
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
+        S: Origin<ReqBody, ResBody>,
         ReqBody: Send + 'static,
-        ResBody: Body + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Send + 'static,
+        ResBody: OriginBody,
     {
         let guard = match self.shared.state.flights.join(key.entry_key()) {
             Join::Leader(guard) => guard,
@@ -1124,13 +1139,9 @@ impl Job {
         lock: Option<HeldLock>,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
+        S: Origin<ReqBody, ResBody>,
         ReqBody: Send + 'static,
-        ResBody: Body + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Send + 'static,
+        ResBody: OriginBody,
     {
         let method = request.method().clone();
         let request_headers = request.headers().clone();

@@ -22,7 +22,8 @@ use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::{mpsc, Notify};
 
 use super::redis::{
-    classify, glob_escape, parse_generation, BUMP_GENERATION, FENCED_PUT, TAG_ADD, UNLOCK,
+    classify, glob_escape, parse_generation, relay, subscribe, BUMP_GENERATION, FENCED_PUT,
+    TAG_ADD, UNLOCK,
 };
 use super::{Store, StoreError, StoreErrorKind, StoreFuture};
 use crate::Error;
@@ -889,34 +890,16 @@ async fn listen(clients: Vec<Client>, channel: String, sender: mpsc::Sender<Byte
             return;
         };
         next = next.wrapping_add(1);
-        let connected = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, RedisError>(pubsub)
-        })
-        .await;
-        match connected {
-            Ok(Ok(mut pubsub)) => {
+        match subscribe(client, &channel).await {
+            Some(pubsub) => {
                 failures = 0;
                 delay = Duration::from_millis(50);
-                let mut messages = pubsub.on_message();
-                loop {
-                    tokio::select! {
-                        message = messages.next() => match message {
-                            Some(message) => {
-                                let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                                if sender.send(payload).await.is_err() {
-                                    return;
-                                }
-                            }
-                            None => break,
-                        },
-                        () = sender.closed() => return,
-                    }
+                if !relay(pubsub, &sender, std::future::pending()).await {
+                    return;
                 }
                 tracing::debug!(target: "tower_response_cache", "event subscription lost; moving to another cluster node");
             }
-            _ => {
+            None => {
                 failures = failures.saturating_add(1);
                 if failures >= clients.len() {
                     failures = 0;

@@ -473,39 +473,62 @@ pub(crate) fn glob_escape(prefix: &str) -> String {
 /// Keep a subscription to `channel` open, reconnecting with a capped back-off, until the
 /// receiving side is dropped.
 async fn listen(client: Client, channel: String, sender: mpsc::Sender<Bytes>) {
-    use futures_util::StreamExt;
-
     let mut delay = Duration::from_millis(50);
     loop {
         if sender.is_closed() {
             return;
         }
-        let connected = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, RedisError>(pubsub)
-        })
-        .await;
-        if let Ok(Ok(mut pubsub)) = connected {
+        if let Some(pubsub) = subscribe(&client, &channel).await {
             delay = Duration::from_millis(50);
-            let mut messages = pubsub.on_message();
-            loop {
-                tokio::select! {
-                    message = messages.next() => match message {
-                        Some(message) => {
-                            let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                            if sender.send(payload).await.is_err() {
-                                return;
-                            }
-                        }
-                        None => break,
-                    },
-                    () = sender.closed() => return,
-                }
+            if !relay(pubsub, &sender, std::future::pending()).await {
+                return;
             }
             tracing::debug!(target: "tower_response_cache", "event subscription lost; reconnecting");
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// A subscription to `channel` on `client`, or `None` when it cannot be opened within two
+/// seconds.
+pub(crate) async fn subscribe(client: &Client, channel: &str) -> Option<redis::aio::PubSub> {
+    let connected = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok::<_, RedisError>(pubsub)
+    })
+    .await;
+    match connected {
+        Ok(Ok(pubsub)) => Some(pubsub),
+        _ => None,
+    }
+}
+
+/// Pass the messages of `pubsub` on to `sender` until the subscription ends or `stop`
+/// completes (`true`: subscribe again), or until the receiving side is gone (`false`).
+pub(crate) async fn relay(
+    mut pubsub: redis::aio::PubSub,
+    sender: &mpsc::Sender<Bytes>,
+    stop: impl std::future::Future<Output = ()>,
+) -> bool {
+    use futures_util::StreamExt;
+
+    let mut messages = pubsub.on_message();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            message = messages.next() => match message {
+                Some(message) => {
+                    let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+                    if sender.send(payload).await.is_err() {
+                        return false;
+                    }
+                }
+                None => return true,
+            },
+            () = sender.closed() => return false,
+            () = &mut stop => return true,
+        }
     }
 }

@@ -9,7 +9,7 @@ use redis::sentinel::Sentinel;
 use redis::{Client, IntoConnectionInfo, RedisError};
 use tokio::sync::{mpsc, Notify};
 
-use super::redis::classify;
+use super::redis::{classify, relay, subscribe};
 use super::{RedisStore, Store, StoreError, StoreErrorKind, StoreFuture};
 use crate::Error;
 
@@ -461,42 +461,26 @@ impl Store for RedisSentinelStore {
 /// Keep a subscription to `channel` open on the current primary, moving it when a lookup
 /// puts another primary in place, until the receiving side is dropped.
 async fn listen(shared: Arc<Shared>, channel: String, sender: mpsc::Sender<Bytes>) {
-    use futures_util::StreamExt;
-
     let mut delay = Duration::from_millis(50);
     loop {
         if sender.is_closed() {
             return;
         }
         if let Ok(Current { client, lookup, .. }) = shared.current().await {
-            let connected = tokio::time::timeout(Duration::from_secs(2), async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, RedisError>(pubsub)
-            })
-            .await;
-            if let Ok(Ok(mut pubsub)) = connected {
+            if let Some(pubsub) = subscribe(&client, &channel).await {
                 delay = Duration::from_millis(50);
-                let mut messages = pubsub.on_message();
-                let mut check = tokio::time::interval(LOOKUP_INTERVAL);
-                loop {
-                    tokio::select! {
-                        message = messages.next() => match message {
-                            Some(message) => {
-                                let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                                if sender.send(payload).await.is_err() {
-                                    return;
-                                }
-                            }
-                            None => break,
-                        },
-                        () = sender.closed() => return,
-                        _ = check.tick() => {
-                            if shared.lock().lookups != lookup {
-                                break;
-                            }
+                // Moved when a lookup puts another primary in place.
+                let moved = async {
+                    let mut check = tokio::time::interval(LOOKUP_INTERVAL);
+                    loop {
+                        check.tick().await;
+                        if shared.lock().lookups != lookup {
+                            return;
                         }
                     }
+                };
+                if !relay(pubsub, &sender, moved).await {
+                    return;
                 }
                 tracing::debug!(target: "tower_response_cache", "event subscription lost or moved; resubscribing");
             }
