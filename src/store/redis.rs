@@ -1,6 +1,8 @@
 //! The Redis store: one multiplexed, self-reconnecting connection shared by every request.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -20,12 +22,14 @@ use crate::Error;
 ///
 /// Values are written with `SET key value EX seconds`: never a value without its expiry.
 ///
-/// The connection reconnects after I/O errors only, and always to the same address. A server
-/// that is demoted to a replica keeps the connection open and answers every write with
-/// `READONLY`: those writes fail (as [`StoreErrorKind::ReadOnly`], a transient failure the layer
-/// bypasses) for as long as the server stays a replica. Behind Redis Sentinel, use
-/// `RedisSentinelStore` (feature `sentinel`) instead: it asks the sentinels for the new primary
-/// when that happens and moves there.
+/// The connection reconnects after I/O errors, and when its server has been demoted to a
+/// replica: such a server keeps the connection open and answers every write with `READONLY`
+/// (a [`StoreErrorKind::ReadOnly`] error, a transient failure the layer bypasses), so the store
+/// then closes the connection, at most once a second, and the next one is opened to wherever the
+/// URL's host name points now (a managed service moves its primary endpoint on failover). With a
+/// fixed address, that is the same server again, and writes keep failing while it stays a
+/// replica. Behind Redis Sentinel, use `RedisSentinelStore` (feature `sentinel`) instead: it asks
+/// the sentinels for the new primary and moves there.
 ///
 /// # Example
 ///
@@ -47,6 +51,27 @@ pub struct RedisStore {
     connection: ConnectionManager,
     /// Kept for the pub/sub connection, which cannot share the multiplexed one.
     client: Option<Client>,
+    /// When the connection was last closed because its server had become a replica.
+    demoted: Arc<Demoted>,
+}
+
+/// How often a store whose server was demoted closes its connection to find the new primary.
+const REOPEN_AFTER_READONLY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Demoted {
+    since: Instant,
+    /// Milliseconds after `since` of the last close; `u64::MAX` before the first.
+    last_close_ms: AtomicU64,
+}
+
+impl Default for Demoted {
+    fn default() -> Self {
+        Demoted {
+            since: Instant::now(),
+            last_close_ms: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 /// Write the entry only if the path's generation is still the one the fill started under.
@@ -126,6 +151,7 @@ impl RedisStore {
         Ok(RedisStore {
             connection,
             client: Some(client),
+            demoted: Arc::default(),
         })
     }
 
@@ -137,6 +163,7 @@ impl RedisStore {
         RedisStore {
             connection,
             client: None,
+            demoted: Arc::default(),
         }
     }
 
@@ -149,6 +176,51 @@ impl RedisStore {
     /// A clone of the underlying connection, for commands of your own.
     pub fn connection(&self) -> ConnectionManager {
         self.connection.clone()
+    }
+}
+
+impl RedisStore {
+    /// The store error for `err`. A `READONLY` reply means the server was demoted to a replica
+    /// while the connection stayed open: the connection is closed (at most once a second), so
+    /// that the next request opens a new one, which finds the new primary wherever the URL's
+    /// name now points (a managed service's endpoint moves on failover). Reads meanwhile go on
+    /// against the replica.
+    fn failed(&self, err: &RedisError) -> StoreError {
+        let error = classify(err);
+        if error.kind() == StoreErrorKind::ReadOnly {
+            self.reopen_after_demotion();
+        }
+        error
+    }
+
+    fn reopen_after_demotion(&self) {
+        let demoted = &self.demoted;
+        let now = u64::try_from(demoted.since.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let last = demoted.last_close_ms.load(Ordering::Relaxed);
+        let due = last == u64::MAX
+            || now.saturating_sub(last) >= REOPEN_AFTER_READONLY.as_millis() as u64;
+        if !due
+            || demoted
+                .last_close_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        tracing::warn!(
+            target: "tower_response_cache",
+            "the Redis server answered READONLY (demoted to a replica): reconnecting to find the primary"
+        );
+        let mut connection = self.connection.clone();
+        tokio::spawn(async move {
+            // The server answers and closes the connection; the manager then opens a new one.
+            let _ = redis::cmd("QUIT")
+                .query_async::<redis::Value>(&mut connection)
+                .await;
+        });
     }
 }
 
@@ -198,7 +270,7 @@ impl Store for RedisStore {
                 .arg(key)
                 .query_async(&mut connection)
                 .await
-                .map_err(|err| classify(&err))?;
+                .map_err(|err| self.failed(&err))?;
             Ok(value.map(Bytes::from))
         })
     }
@@ -214,7 +286,7 @@ impl Store for RedisStore {
                 .arg(seconds)
                 .query_async::<()>(&mut connection)
                 .await
-                .map_err(|err| classify(&err))
+                .map_err(|err| self.failed(&err))
         })
     }
 
@@ -225,7 +297,7 @@ impl Store for RedisStore {
                 .arg(key)
                 .query_async::<()>(&mut connection)
                 .await
-                .map_err(|err| classify(&err))
+                .map_err(|err| self.failed(&err))
         })
     }
 
@@ -235,7 +307,7 @@ impl Store for RedisStore {
             redis::cmd("PING")
                 .query_async::<()>(&mut connection)
                 .await
-                .map_err(|err| classify(&err))
+                .map_err(|err| self.failed(&err))
         })
     }
 
@@ -256,7 +328,7 @@ impl Store for RedisStore {
                 .arg(generation_key)
                 .query_async(&mut connection)
                 .await
-                .map_err(|err| classify(&err))?;
+                .map_err(|err| self.failed(&err))?;
             Ok((value.map(Bytes::from), parse_generation(generation)))
         })
     }
@@ -280,7 +352,7 @@ impl Store for RedisStore {
                 .arg(seconds)
                 .invoke_async(&mut connection)
                 .await
-                .map_err(|err| classify(&err))?;
+                .map_err(|err| self.failed(&err))?;
             Ok(written == 1)
         })
     }
@@ -298,7 +370,7 @@ impl Store for RedisStore {
                 .arg(seconds)
                 .invoke_async(&mut connection)
                 .await
-                .map_err(|err| classify(&err))?;
+                .map_err(|err| self.failed(&err))?;
             Ok(next)
         })
     }
@@ -320,7 +392,7 @@ impl Store for RedisStore {
                 .arg(millis)
                 .query_async(&mut connection)
                 .await
-                .map_err(|err| classify(&err))?;
+                .map_err(|err| self.failed(&err))?;
             Ok(taken.is_some())
         })
     }
@@ -333,7 +405,7 @@ impl Store for RedisStore {
                 .arg(token)
                 .invoke_async(&mut connection)
                 .await
-                .map_err(|err| classify(&err))?;
+                .map_err(|err| self.failed(&err))?;
             Ok(deleted == 1)
         })
     }
@@ -346,7 +418,7 @@ impl Store for RedisStore {
                 .arg(message.as_ref())
                 .query_async::<()>(&mut connection)
                 .await
-                .map_err(|err| classify(&err))
+                .map_err(|err| self.failed(&err))
         })
     }
 
@@ -367,7 +439,7 @@ impl Store for RedisStore {
                 .arg(count.max(1))
                 .query_async(&mut connection)
                 .await
-                .map_err(|err| classify(&err))
+                .map_err(|err| self.failed(&err))
         })
     }
 
@@ -381,7 +453,7 @@ impl Store for RedisStore {
                 .arg(keys)
                 .query_async(&mut connection)
                 .await
-                .map_err(|err| classify(&err))
+                .map_err(|err| self.failed(&err))
         })
     }
 
@@ -395,7 +467,7 @@ impl Store for RedisStore {
                 .arg(keys)
                 .query_async(&mut connection)
                 .await
-                .map_err(|err| classify(&err))?;
+                .map_err(|err| self.failed(&err))?;
             Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
         })
     }
@@ -415,7 +487,7 @@ impl Store for RedisStore {
                 .arg(seconds)
                 .invoke_async::<()>(&mut connection)
                 .await
-                .map_err(|err| classify(&err))
+                .map_err(|err| self.failed(&err))
         })
     }
 
@@ -434,7 +506,7 @@ impl Store for RedisStore {
                 .arg(count.max(1))
                 .query_async(&mut connection)
                 .await
-                .map_err(|err| classify(&err))
+                .map_err(|err| self.failed(&err))
         })
     }
 

@@ -54,7 +54,8 @@ pub enum Fault {
 
 #[derive(Debug)]
 struct Shared {
-    upstream: SocketAddr,
+    /// Where new connections go ([`FaultProxy::redirect`] moves it, as a DNS change would).
+    upstream: watch::Sender<SocketAddr>,
     fault: watch::Sender<Fault>,
     /// Bumped by [`FaultProxy::cut_all`]: connections opened under an older value close.
     cut: watch::Sender<u64>,
@@ -83,7 +84,7 @@ impl FaultProxy {
             .expect("bind a loopback port for the fault proxy");
         let addr = listener.local_addr().expect("the proxy's local address");
         let shared = Arc::new(Shared {
-            upstream,
+            upstream: watch::Sender::new(upstream),
             fault: watch::Sender::new(Fault::PassThrough),
             cut: watch::Sender::new(0),
             accepted: AtomicU64::new(0),
@@ -106,6 +107,12 @@ impl FaultProxy {
     /// A `redis://` URL that reaches the upstream through the proxy.
     pub fn url(&self) -> String {
         format!("redis://{}/", self.addr)
+    }
+
+    /// Send connections opened from now on to `upstream`; open ones stay where they are (as
+    /// when a DNS name moves to a new primary after a failover).
+    pub fn redirect(&self, upstream: SocketAddr) {
+        self.shared.upstream.send_replace(upstream);
     }
 
     /// The fault in force.
@@ -190,7 +197,8 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
     let _open = OpenGuard(Arc::clone(&shared));
     let mut cut = shared.cut.subscribe();
     let born = *cut.borrow_and_update();
-    let Ok(upstream) = TcpStream::connect(shared.upstream).await else {
+    let target = *shared.upstream.borrow();
+    let Ok(upstream) = TcpStream::connect(target).await else {
         // Nothing listens upstream: the client sees its connection closed, as with a refusal.
         return;
     };
