@@ -189,7 +189,75 @@ fn entry(c: &mut Criterion) {
             b.iter(|| codec.decode(black_box(bytes), MAX_LEN))
         });
     }
+    #[cfg(feature = "compression")]
+    compressed_entries(&mut group, MAX_LEN);
     group.finish();
+}
+
+/// A JSON body of about `len` bytes: a list of items that differ in their ids and prices, the
+/// way an API's list responses do.
+#[cfg(feature = "compression")]
+fn json_body(len: usize) -> Vec<u8> {
+    let mut body = b"[".to_vec();
+    let mut id = 0u64;
+    while body.len() < len {
+        id += 1;
+        let item = format!(
+            r#"{{"id":{},"sku":"SKU-{:08}","name":"Item number {}","price":{}.{:02},"in_stock":{},"tags":["shop","item","{}"]}},"#,
+            id * 7919,
+            id * 104_729 % 100_000_000,
+            id,
+            id * 37 % 500,
+            id * 13 % 100,
+            id % 3 == 0,
+            id % 17
+        );
+        body.extend_from_slice(item.as_bytes());
+    }
+    body.truncate(len);
+    body
+}
+
+/// Encode and decode with LZ4 compression (`--features compression`), on JSON bodies; prints
+/// the stored sizes.
+#[cfg(feature = "compression")]
+fn compressed_entries(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    max_len: usize,
+) {
+    let plain = EntryCodec::new(SECRET);
+    let codec = EntryCodec::new(SECRET).compress_above(1024);
+    for (name, body_len) in [("json-4KiB", 4 * 1024), ("json-64KiB", 64 * 1024)] {
+        let StoredEntry::Response(mut response) = stored_response(body_len) else {
+            unreachable!("stored_response makes a response");
+        };
+        response.body = Bytes::from(json_body(body_len));
+        let entry = StoredEntry::Response(response);
+        let bytes = codec.encode(&entry);
+        let uncompressed = plain.encode(&entry);
+        assert_eq!(codec.decode(&bytes, max_len).as_ref(), Ok(&entry));
+        eprintln!(
+            "entry/{name}: {} bytes stored uncompressed, {} with lz4 ({:.3})",
+            uncompressed.len(),
+            bytes.len(),
+            bytes.len() as f64 / uncompressed.len() as f64
+        );
+        group.throughput(Throughput::Bytes(uncompressed.len() as u64));
+        group.bench_with_input(BenchmarkId::new("encode", name), &entry, |b, entry| {
+            b.iter(|| plain.encode(black_box(entry)))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("decode", name),
+            &uncompressed,
+            |b, bytes| b.iter(|| plain.decode(black_box(bytes), max_len)),
+        );
+        group.bench_with_input(BenchmarkId::new("encode-lz4", name), &entry, |b, entry| {
+            b.iter(|| codec.encode(black_box(entry)))
+        });
+        group.bench_with_input(BenchmarkId::new("decode-lz4", name), &bytes, |b, bytes| {
+            b.iter(|| codec.decode(black_box(bytes), max_len))
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

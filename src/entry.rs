@@ -69,6 +69,11 @@ const MAGIC: [u8; 4] = *b"TRCE";
 const VERSION: u8 = 1;
 const KIND_RESPONSE: u8 = 1;
 const KIND_VARY: u8 = 2;
+/// A response whose body is LZ4-compressed (a little-endian `u32` of the original length, then
+/// the LZ4 block). Only builds with the `compression` feature write or read it; others refuse it
+/// as an unknown kind, which the layer treats as a miss.
+#[cfg(feature = "compression")]
+const KIND_RESPONSE_LZ4: u8 = 3;
 
 /// Magic, version, kind and total length.
 const PREFIX_LEN: usize = 4 + 1 + 1 + 4;
@@ -172,6 +177,9 @@ pub enum DecodeError {
     /// not know.
     #[error("entry has an unknown magic or kind")]
     BadMagic,
+    /// A compressed body does not decompress to its declared length.
+    #[error("entry has a body that does not decompress")]
+    BadCompression,
     /// The value was written in a format version this build cannot read.
     #[error("entry format version {0} is not supported")]
     UnsupportedVersion(u8),
@@ -210,6 +218,7 @@ impl DecodeError {
         match self {
             DecodeError::TooShort => "too_short",
             DecodeError::BadMagic => "bad_magic",
+            DecodeError::BadCompression => "bad_compression",
             DecodeError::UnsupportedVersion(_) => "unsupported_version",
             DecodeError::TooLarge => "too_large",
             DecodeError::Truncated => "truncated",
@@ -231,11 +240,16 @@ impl DecodeError {
 pub struct EntryCodec {
     /// HMAC-SHA-256 already keyed with the secret; cloned for every entry.
     mac: Arc<HmacSha256>,
+    /// Bodies longer than this are stored LZ4-compressed (feature `compression`).
+    compress_above: Option<usize>,
 }
 
 impl fmt::Debug for EntryCodec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EntryCodec").field("key", &"set").finish()
+        f.debug_struct("EntryCodec")
+            .field("key", &"set")
+            .field("compress_above", &self.compress_above)
+            .finish()
     }
 }
 
@@ -248,7 +262,21 @@ impl EntryCodec {
     pub fn new(secret: &[u8]) -> Self {
         Self {
             mac: Arc::new(keyed_mac(secret)),
+            compress_above: None,
         }
+    }
+
+    /// Store response bodies longer than `bytes` LZ4-compressed, when that makes them smaller
+    /// (feature `compression`). Decoding always accepts both forms.
+    #[cfg(feature = "compression")]
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        self.compress_above = Some(bytes);
+        self
+    }
+
+    /// The body threshold set by [`EntryCodec::compress_above`], if any.
+    pub fn compression_threshold(&self) -> Option<usize> {
+        self.compress_above
     }
 
     /// Encodes `entry` into a signed envelope, allocating exactly its size once.
@@ -258,21 +286,34 @@ impl EntryCodec {
     /// longer than `u32::MAX` bytes cannot be represented and also yields an undecodable
     /// envelope.
     pub fn encode(&self, entry: &StoredEntry) -> Bytes {
+        #[cfg(feature = "compression")]
+        if let (StoredEntry::Response(response), Some(threshold)) = (entry, self.compress_above) {
+            if response.body.len() > threshold {
+                if let Some(compressed) = compress(&response.body) {
+                    let mut smaller = response.clone();
+                    smaller.body = compressed;
+                    return self.seal_entry(&StoredEntry::Response(smaller), KIND_RESPONSE_LZ4);
+                }
+            }
+        }
+        let kind = match entry {
+            StoredEntry::Response(_) => KIND_RESPONSE,
+            StoredEntry::Vary(_) => KIND_VARY,
+        };
+        self.seal_entry(entry, kind)
+    }
+
+    /// The signed envelope of `entry` under `kind`.
+    fn seal_entry(&self, entry: &StoredEntry, kind: u8) -> Bytes {
         let total = encoded_len(entry);
         let mut out = Vec::with_capacity(total);
         out.put_slice(&MAGIC);
         out.put_u8(VERSION);
+        out.put_u8(kind);
+        out.put_u32(len_u32(total));
         match entry {
-            StoredEntry::Response(response) => {
-                out.put_u8(KIND_RESPONSE);
-                out.put_u32(len_u32(total));
-                write_response(&mut out, response);
-            }
-            StoredEntry::Vary(marker) => {
-                out.put_u8(KIND_VARY);
-                out.put_u32(len_u32(total));
-                write_vary(&mut out, marker);
-            }
+            StoredEntry::Response(response) => write_response(&mut out, response),
+            StoredEntry::Vary(marker) => write_vary(&mut out, marker),
         }
         let tag = self.tag(&out);
         out.put_slice(&tag);
@@ -330,6 +371,12 @@ impl EntryCodec {
         let mut cursor = Cursor::new(&payload);
         let entry = match prefix.kind {
             Kind::Response => StoredEntry::Response(read_response(&mut cursor)?),
+            #[cfg(feature = "compression")]
+            Kind::CompressedResponse => {
+                let mut response = read_response(&mut cursor)?;
+                response.body = decompress(&response.body, max_len)?;
+                StoredEntry::Response(response)
+            }
             Kind::Vary => StoredEntry::Vary(read_vary(&mut cursor)?),
         };
         cursor.finish()?;
@@ -369,6 +416,31 @@ impl EntryCodec {
     }
 }
 
+/// `body` as the compressed form of the envelope (original length, then the LZ4 block), or
+/// `None` when that is not smaller.
+#[cfg(feature = "compression")]
+fn compress(body: &[u8]) -> Option<Bytes> {
+    let compressed = lz4_flex::block::compress_prepend_size(body);
+    (compressed.len() < body.len()).then(|| Bytes::from(compressed))
+}
+
+/// The body of a compressed envelope. The declared length is checked against `max_len` before
+/// anything is allocated, and the block must fill it exactly.
+#[cfg(feature = "compression")]
+fn decompress(stored: &[u8], max_len: usize) -> Result<Bytes, DecodeError> {
+    let (len, block) = stored.split_at_checked(4).ok_or(DecodeError::Truncated)?;
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
+    let len = usize::try_from(len).map_err(|_| DecodeError::TooLarge)?;
+    if len > max_len {
+        return Err(DecodeError::TooLarge);
+    }
+    let mut body = vec![0; len];
+    match lz4_flex::block::decompress_into(block, &mut body) {
+        Ok(written) if written == len => Ok(Bytes::from(body)),
+        _ => Err(DecodeError::BadCompression),
+    }
+}
+
 /// Keys HMAC-SHA-256 with `secret`, preparing the key block as RFC 2104 does (a key longer than
 /// the hash block is hashed first, a shorter one is zero-padded) so no fallible call is needed.
 fn keyed_mac(secret: &[u8]) -> HmacSha256 {
@@ -389,6 +461,9 @@ fn keyed_mac(secret: &[u8]) -> HmacSha256 {
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Response,
+    /// A response with an LZ4-compressed body.
+    #[cfg(feature = "compression")]
+    CompressedResponse,
     Vary,
 }
 
@@ -412,6 +487,8 @@ impl Prefix {
         }
         let kind = match kind {
             KIND_RESPONSE => Kind::Response,
+            #[cfg(feature = "compression")]
+            KIND_RESPONSE_LZ4 => Kind::CompressedResponse,
             KIND_VARY => Kind::Vary,
             _ => return Err(DecodeError::BadMagic),
         };
@@ -986,7 +1063,7 @@ mod tests {
     #[test]
     fn debug_output_does_not_reveal_the_secret() {
         let shown = format!("{:?}", EntryCodec::new(b"hunter2"));
-        assert_eq!(shown, r#"EntryCodec { key: "set" }"#);
+        assert_eq!(shown, r#"EntryCodec { key: "set", compress_above: None }"#);
     }
 
     // ---- rejection of bad envelopes ----
@@ -1057,7 +1134,7 @@ mod tests {
     #[test]
     fn an_unknown_entry_kind_is_rejected_even_with_a_valid_mac() {
         let codec = codec();
-        let bytes = seal(&codec, 3, &vary_payload(0, &[]));
+        let bytes = seal(&codec, 9, &vary_payload(0, &[]));
         assert_eq!(codec.decode(&bytes, CAP), Err(DecodeError::BadMagic));
     }
 
@@ -1466,6 +1543,80 @@ mod tests {
             response().prop_map(StoredEntry::Response),
             vary().prop_map(StoredEntry::Vary),
         ]
+    }
+
+    // ---- compression ----
+
+    #[cfg(feature = "compression")]
+    fn with_body(body: Vec<u8>) -> StoredEntry {
+        let mut response = sample_response();
+        response.body = Bytes::from(body);
+        StoredEntry::Response(response)
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn a_compressible_body_is_stored_compressed_and_comes_back_whole() {
+        let codec = codec().compress_above(1024);
+        let body: Vec<u8> = br#"{"id":42,"name":"item","tags":["a","b"]},"#
+            .iter()
+            .copied()
+            .cycle()
+            .take(64 * 1024)
+            .collect();
+        let entry = with_body(body.clone());
+        let bytes = codec.encode(&entry);
+        assert_eq!(bytes[5], KIND_RESPONSE_LZ4);
+        assert!(bytes.len() < body.len() / 4, "{} bytes", bytes.len());
+        assert_eq!(codec.decode(&bytes, CAP), Ok(entry.clone()));
+        assert_eq!(codec.decode_shared(&bytes, CAP), Ok(entry));
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn small_and_incompressible_bodies_are_stored_as_they_are() {
+        let codec = codec().compress_above(1024);
+        let small = with_body(vec![b'a'; 1000]);
+        assert_eq!(codec.encode(&small)[5], KIND_RESPONSE);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let noise: Vec<u8> = (0..8192).map(|_| rng.u8(..)).collect();
+        let noisy = with_body(noise);
+        let bytes = codec.encode(&noisy);
+        assert_eq!(bytes[5], KIND_RESPONSE);
+        assert_eq!(codec.decode(&bytes, CAP), Ok(noisy));
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn a_compressed_body_that_claims_too_much_or_does_not_decompress_is_refused() {
+        let codec = codec().compress_above(0);
+        let entry = with_body(vec![b'x'; 4096]);
+        let bytes = codec.encode(&entry);
+        assert_eq!(bytes[5], KIND_RESPONSE_LZ4);
+        // The decompressed body must fit the cap, however small the stored value is.
+        assert_eq!(codec.decode(&bytes, 2048), Err(DecodeError::TooLarge));
+        // A signed envelope whose block is damaged is refused, not half-decoded.
+        let payload = &bytes[PREFIX_LEN..bytes.len() - MAC_LEN];
+        let body_at = payload
+            .windows(4)
+            .position(|w| w == 4096u32.to_le_bytes())
+            .expect("the declared length is in the payload");
+        let mut damaged = payload.to_vec();
+        damaged[body_at] = 0xff;
+        let sealed = seal(&codec, KIND_RESPONSE_LZ4, &damaged);
+        assert!(codec.decode(&sealed, CAP).is_err());
+        // A build or codec without compression never writes the compressed kind.
+        assert_eq!(self::codec().encode(&entry)[5], KIND_RESPONSE);
+    }
+
+    #[cfg(feature = "compression")]
+    proptest! {
+        #[test]
+        fn any_entry_round_trips_through_compression(entry in entry()) {
+            let codec = codec().compress_above(0);
+            let bytes = codec.encode(&entry);
+            prop_assert_eq!(codec.decode(&bytes, CAP), Ok(entry));
+        }
     }
 
     proptest! {

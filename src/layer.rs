@@ -68,7 +68,11 @@ pub(crate) struct Config {
 impl Config {
     fn rebuild(&mut self) {
         self.deriver = KeyDeriver::new(&self.secret, &self.namespace, &self.version);
-        self.codec = EntryCodec::new(&self.secret);
+        self.codec = match self.codec.compression_threshold() {
+            #[cfg(feature = "compression")]
+            Some(threshold) => EntryCodec::new(&self.secret).compress_above(threshold),
+            _ => EntryCodec::new(&self.secret),
+        };
         self.events_channel = format!("{}:events", self.namespace);
         self.bypass_status = BypassReason::ALL
             .iter()
@@ -630,6 +634,17 @@ impl CacheLayer {
         let config = self.config_mut();
         config.secret = Arc::from(secret);
         config.rebuild();
+        self
+    }
+
+    /// Store response bodies longer than `bytes` LZ4-compressed, where that makes them smaller
+    /// (feature `compression`; off by default). Every instance reads both forms when built with
+    /// the feature; one built without it takes a compressed entry for a miss. Compression costs
+    /// CPU on every fill and every hit; see BENCHMARKS.md for its ratio and cost.
+    #[cfg(feature = "compression")]
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        let config = self.config_mut();
+        config.codec = config.codec.clone().compress_above(bytes);
         self
     }
 

@@ -107,7 +107,8 @@
 //! - `tonic`: caching of opted-in unary gRPC methods of Tonic servers (see [`grpc`]);
 //! - `cluster`: `RedisClusterStore`, on a Redis Cluster;
 //! - `sentinel`: `RedisSentinelStore`, following the primary of a Sentinel-managed set;
-//! - `tls`: `rediss://` URLs (rustls).
+//! - `tls`: `rediss://` URLs (rustls);
+//! - `compression`: LZ4 for large stored bodies (`CacheLayer::compress_above`).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

@@ -553,6 +553,30 @@ async fn requests_whose_reads_time_out_follow_the_fill_in_flight() {
     assert!(stats.store_errors >= 5, "{stats:?}");
 }
 
+/// With compression on, a large body is kept compressed in Redis and comes back byte-exact.
+#[cfg(feature = "compression")]
+#[tokio::test]
+async fn large_bodies_are_stored_compressed_and_served_byte_exact() {
+    let redis = RedisServer::start();
+    let layer = redis_layer(&redis).compress_above(1024);
+    let (client, calls) = start(layer.clone()).await;
+    let miss = client.get("/big?size=65536").await;
+    assert_eq!(miss.body.len(), 65536);
+    stored(&layer, 1).await;
+    let hit = client.get("/big?size=65536").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.body, miss.body);
+    assert_eq!(calls.total(), 1);
+    let entries: Vec<String> = redis
+        .keys("trc:*")
+        .into_iter()
+        .filter(|key| key.contains(":e:"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let stored = redis.get(&entries[0]).unwrap();
+    assert!(stored.len() < 65536 / 4, "{} bytes stored", stored.len());
+}
+
 #[tokio::test]
 async fn the_app_starts_and_serves_while_redis_is_down() {
     let mut redis = RedisServer::start();

@@ -1015,7 +1015,13 @@ async fn d2_corrupted_entries_are_misses_and_are_replaced_by_good_ones() {
         let seen = rig.get(path).await.unwrap();
         assert_eq!(seen.status, StatusCode::OK, "{name}");
         assert!(!seen.is_hit(), "{name} was served: {}", seen.cache_status);
-        assert_eq!(layer.stats().decode_errors, errors + 1, "{name}");
+        // Counted once, or twice when the fill's second look (after winning the lock) comes
+        // before the background delete of the bad value.
+        let counted = layer.stats().decode_errors - errors;
+        assert!(
+            (1..=2).contains(&counted),
+            "{name}: {counted} decode errors"
+        );
         assert_replaced(&redis, &rig, &codec, &key, path, name).await;
     }
     for (name, command) in [
