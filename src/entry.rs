@@ -375,6 +375,10 @@ impl EntryCodec {
             Kind::CompressedResponse => {
                 let mut response = read_response(&mut cursor)?;
                 response.body = decompress(&response.body, max_len)?;
+                // The field values are slices of the payload, which holds the compressed body:
+                // copy them, so that a kept entry (the near cache) holds only what it counts.
+                response.headers = owned_fields(&response.headers);
+                response.trailers = response.trailers.as_ref().map(owned_fields);
                 StoredEntry::Response(response)
             }
             Kind::Vary => StoredEntry::Vary(read_vary(&mut cursor)?),
@@ -422,6 +426,20 @@ impl EntryCodec {
 fn compress(body: &[u8]) -> Option<Bytes> {
     let compressed = lz4_flex::block::compress_prepend_size(body);
     (compressed.len() < body.len()).then(|| Bytes::from(compressed))
+}
+
+/// `fields` with every value in memory of its own.
+#[cfg(feature = "compression")]
+fn owned_fields(fields: &HeaderMap) -> HeaderMap {
+    let mut owned = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        // A value copied from a valid value is valid: nothing is dropped here.
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            owned.append(name.clone(), copy);
+        }
+    }
+    owned
 }
 
 /// The body of a compressed envelope. The declared length is checked against `max_len` before

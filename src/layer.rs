@@ -353,7 +353,7 @@ impl CacheLayer {
                 reason: "expected a redis:// URL or `memory`".to_owned(),
             });
         }
-        if url.contains(',') {
+        if is_node_list(url) {
             return Self::cluster_from_env(name, url);
         }
         let store = crate::RedisStore::from_url(url).map_err(|err| Error::InvalidEnv {
@@ -639,8 +639,10 @@ impl CacheLayer {
 
     /// Store response bodies longer than `bytes` LZ4-compressed, where that makes them smaller
     /// (feature `compression`; off by default). Every instance reads both forms when built with
-    /// the feature; one built without it takes a compressed entry for a miss. Compression costs
-    /// CPU on every fill and every hit; see BENCHMARKS.md for its ratio and cost.
+    /// the feature; one built without it takes a compressed entry for a miss (counted as a
+    /// decode error) and stores the response again uncompressed, so mix the two only for the
+    /// length of a rolling deploy. Compression costs CPU on every fill and saves some on every
+    /// hit; see BENCHMARKS.md for its ratio and cost.
     #[cfg(feature = "compression")]
     pub fn compress_above(mut self, bytes: usize) -> Self {
         let config = self.config_mut();
@@ -695,6 +697,18 @@ impl<S> Layer<S> for CacheLayer {
         );
         CacheService::new(inner, Arc::clone(&self.config), Arc::clone(&self.state))
     }
+}
+
+/// Whether a store URL variable holds a list of node URLs (a Redis Cluster): at least two parts
+/// between commas, each a `redis://` or `rediss://` URL. A single URL with a comma in it (in a
+/// password, say) is not a list.
+#[cfg(feature = "redis")]
+fn is_node_list(value: &str) -> bool {
+    let mut parts = value.split(',').map(str::trim);
+    let urls = parts
+        .clone()
+        .all(|part| part.starts_with("redis://") || part.starts_with("rediss://"));
+    urls && parts.nth(1).is_some()
 }
 
 fn check_key_part(name: &'static str, value: &str) -> Result<(), Error> {

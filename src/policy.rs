@@ -1242,7 +1242,6 @@ fn date_field(headers: &HeaderMap, name: &HeaderName) -> DateField {
     }
 }
 
-/// Whether the request asks to switch protocols.
 /// Which of the request fields that decide a request's fate it has: one pass over the names the
 /// request carries (usually a handful) instead of one map lookup per field of interest.
 #[derive(Debug, Default)]

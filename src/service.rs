@@ -585,6 +585,8 @@ impl Job {
             Lookup::Unavailable(kind) => {
                 // A slow store must not multiply origin calls: a fill of this key already
                 // running here (its leader read the store in time) answers this request too.
+                // Fills run under the variant's key, which needs the stored Vary list: only
+                // responses that do not vary are found this way (`shares` checks the rest).
                 if let Some(slot) = self.shared.state.flights.in_flight(base.entry_key()) {
                     let spare = ready.clone();
                     drop(ready);
@@ -613,7 +615,12 @@ impl Job {
                         CacheOutcome::Stale,
                         Some("stale-while-revalidate"),
                     );
-                    self.refresh(ready, request, key);
+                    // A HEAD's response has no body to store: the next GET refreshes.
+                    if self.info.is_head {
+                        drop(ready);
+                    } else {
+                        self.refresh(ready, request, key);
+                    }
                     return Ok(answer);
                 }
                 self.revalidate = Some(Arc::new((*entry).clone()));

@@ -295,6 +295,38 @@ async fn head_is_answered_from_a_stored_get_without_a_body() {
     assert_eq!(calls.of("/fresh"), 2);
 }
 
+/// A stale HEAD is answered from the entry but never refreshes it: its response has no body to
+/// store, and a body-less entry must never answer a GET.
+#[tokio::test]
+async fn a_stale_head_is_answered_without_a_refresh_and_the_next_get_refreshes() {
+    let layer = memory_layer();
+    let (client, calls) = start(layer.clone()).await;
+    let url = "/swr?cc=max-age%3D1%2C+stale-while-revalidate%3D60";
+    let get = client.get(url).await;
+    stored(&layer, 1).await;
+    // Past its freshness, inside the stale-while-revalidate window.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let head = client.send("HEAD", url, &[], Bytes::new()).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert!(
+        head.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        head.cache_status()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(calls.of("/swr"), 1, "the HEAD started a refresh");
+    let stale_get = client.get(url).await;
+    assert_eq!(stale_get.body, get.body);
+    assert!(
+        eventually(|| calls.of("/swr") == 2).await,
+        "the GET did not refresh"
+    );
+    let fresh = client.get(url).await;
+    assert!(!fresh.body.is_empty());
+    assert!(fresh.text().contains("path=/swr"), "{}", fresh.text());
+}
+
 #[tokio::test]
 async fn only_if_cached_gets_504_on_a_miss_and_the_entry_on_a_hit() {
     let layer = memory_layer();

@@ -359,6 +359,11 @@ async fn a_list_of_node_urls_selects_the_cluster_store() {
     let list = "redis://127.0.0.1:1/, redis://127.0.0.1:2/,redis://127.0.0.1:3/";
     assert_eq!(store_name(&[("REDIS_URL", list)]), "redis-cluster");
     assert_eq!(store_name(&[("CACHE_URL", list)]), "redis-cluster");
+    // A comma inside one URL (a password) does not make a list.
+    assert_eq!(
+        store_name(&[("REDIS_URL", "redis://:pass,word@127.0.0.1:1/")]),
+        "redis"
+    );
     assert_eq!(
         refused_variable(&[("CACHE_URL", "redis://127.0.0.1:1/,ftp://x")]),
         "CACHE_URL"

@@ -25,10 +25,11 @@ use crate::Error;
 /// The connection reconnects after I/O errors, and when its server has been demoted to a
 /// replica: such a server keeps the connection open and answers every write with `READONLY`
 /// (a [`StoreErrorKind::ReadOnly`] error, a transient failure the layer bypasses), so the store
-/// then closes the connection, at most once a second, and the next one is opened to wherever the
-/// URL's host name points now (a managed service moves its primary endpoint on failover). With a
-/// fixed address, that is the same server again, and writes keep failing while it stays a
-/// replica. Behind Redis Sentinel, use `RedisSentinelStore` (feature `sentinel`) instead: it asks
+/// then closes the connection, and the next one is opened to wherever the URL's host name points
+/// now (a managed service moves its primary endpoint on failover). With a fixed address, that is
+/// the same server again: writes keep failing while it stays a replica, and the closes come
+/// further apart (1 s, 2 s, 4 s, ... 30 s). A store made with
+/// [`RedisStore::from_connection_manager`] never closes the application's connection. Behind Redis Sentinel, use `RedisSentinelStore` (feature `sentinel`) instead: it asks
 /// the sentinels for the new primary and moves there.
 ///
 /// # Example
@@ -53,16 +54,25 @@ pub struct RedisStore {
     client: Option<Client>,
     /// When the connection was last closed because its server had become a replica.
     demoted: Arc<Demoted>,
+    /// Whether the store opened the connection itself (and may close it).
+    owns_connection: bool,
 }
 
-/// How often a store whose server was demoted closes its connection to find the new primary.
-const REOPEN_AFTER_READONLY: Duration = Duration::from_secs(1);
+/// The first wait between two closes of a demoted server's connection, in milliseconds.
+const REOPEN_FIRST_MS: u64 = 1000;
+/// The longest wait between two closes.
+const REOPEN_LONGEST_MS: u64 = 30_000;
+/// A close this long after the previous one starts a new episode (back to the first wait).
+const REOPEN_EPISODE_MS: u64 = 120_000;
 
+/// When the connection was last closed because its server had become a replica.
 #[derive(Debug)]
 struct Demoted {
     since: Instant,
     /// Milliseconds after `since` of the last close; `u64::MAX` before the first.
     last_close_ms: AtomicU64,
+    /// The wait before the next close may happen.
+    interval_ms: AtomicU64,
 }
 
 impl Default for Demoted {
@@ -70,6 +80,7 @@ impl Default for Demoted {
         Demoted {
             since: Instant::now(),
             last_close_ms: AtomicU64::new(u64::MAX),
+            interval_ms: AtomicU64::new(REOPEN_FIRST_MS),
         }
     }
 }
@@ -152,6 +163,7 @@ impl RedisStore {
             connection,
             client: Some(client),
             demoted: Arc::default(),
+            owns_connection: true,
         })
     }
 
@@ -164,6 +176,7 @@ impl RedisStore {
             connection,
             client: None,
             demoted: Arc::default(),
+            owns_connection: false,
         }
     }
 
@@ -181,33 +194,35 @@ impl RedisStore {
 
 impl RedisStore {
     /// The store error for `err`. A `READONLY` reply means the server was demoted to a replica
-    /// while the connection stayed open: the connection is closed (at most once a second), so
-    /// that the next request opens a new one, which finds the new primary wherever the URL's
-    /// name now points (a managed service's endpoint moves on failover). Reads meanwhile go on
-    /// against the replica.
+    /// while the connection stayed open: the connection is closed, so that the next request
+    /// opens a new one, which finds the new primary wherever the URL's name now points (a managed
+    /// service's endpoint moves on failover). Reads meanwhile go on against the replica.
+    ///
+    /// The close cuts the commands in flight on the connection; their errors, in the second
+    /// after it, are reported as `ReadOnly` too, so that they do not open the circuit breaker
+    /// (they are the demotion's doing, not a sick store). While the server stays a replica the
+    /// closes come further and further apart: 1 s, 2 s, 4 s, ... up to 30 s.
     fn failed(&self, err: &RedisError) -> StoreError {
         let error = classify(err);
-        if error.kind() == StoreErrorKind::ReadOnly {
-            self.reopen_after_demotion();
+        match error.kind() {
+            StoreErrorKind::ReadOnly => self.reopen_after_demotion(),
+            StoreErrorKind::Unavailable if self.demoted.just_closed() => {
+                return StoreError::new(
+                    StoreErrorKind::ReadOnly,
+                    "connection closed for a demotion",
+                );
+            }
+            _ => {}
         }
         error
     }
 
     fn reopen_after_demotion(&self) {
-        let demoted = &self.demoted;
-        let now = u64::try_from(demoted.since.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        let last = demoted.last_close_ms.load(Ordering::Relaxed);
-        let due = last == u64::MAX
-            || now.saturating_sub(last) >= REOPEN_AFTER_READONLY.as_millis() as u64;
-        if !due
-            || demoted
-                .last_close_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-        {
+        if !self.owns_connection || tokio::runtime::Handle::try_current().is_err() {
+            // A connection manager the application gave us is the application's to manage.
             return;
         }
-        if tokio::runtime::Handle::try_current().is_err() {
+        if !self.demoted.close_due() {
             return;
         }
         tracing::warn!(
@@ -221,6 +236,46 @@ impl RedisStore {
                 .query_async::<redis::Value>(&mut connection)
                 .await;
         });
+    }
+}
+
+impl Demoted {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Whether the connection was closed for a demotion less than a second ago.
+    fn just_closed(&self) -> bool {
+        let last = self.last_close_ms.load(Ordering::Relaxed);
+        last != u64::MAX && self.now_ms().saturating_sub(last) < 1000
+    }
+
+    /// Whether it is time to close the connection again (and if so, the close is booked: only
+    /// one caller gets `true`).
+    fn close_due(&self) -> bool {
+        let now = self.now_ms();
+        let last = self.last_close_ms.load(Ordering::Relaxed);
+        let interval = self.interval_ms.load(Ordering::Relaxed);
+        let since_last = now.saturating_sub(last);
+        if last != u64::MAX && since_last < interval {
+            return false;
+        }
+        if self
+            .last_close_ms
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        // A new episode (or the first) starts from the shortest interval; within one, each
+        // close waits twice as long as the one before.
+        let next = if last == u64::MAX || since_last > REOPEN_EPISODE_MS {
+            REOPEN_FIRST_MS
+        } else {
+            interval.saturating_mul(2).min(REOPEN_LONGEST_MS)
+        };
+        self.interval_ms.store(next, Ordering::Relaxed);
+        true
     }
 }
 
@@ -602,5 +657,45 @@ pub(crate) async fn relay(
             () = sender.closed() => return false,
             () = &mut stop => return true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demoted_ten_minutes_ago() -> Demoted {
+        Demoted {
+            since: Instant::now() - Duration::from_secs(600),
+            ..Demoted::default()
+        }
+    }
+
+    #[test]
+    fn closes_for_a_demotion_come_further_apart_and_start_over_later() {
+        let demoted = demoted_ten_minutes_ago();
+        assert!(!demoted.just_closed());
+        assert!(demoted.close_due());
+        assert!(demoted.just_closed());
+        assert!(!demoted.close_due(), "a second close at once");
+        let interval = |d: &Demoted| d.interval_ms.load(Ordering::Relaxed);
+        assert_eq!(interval(&demoted), REOPEN_FIRST_MS);
+        let mut expected = REOPEN_FIRST_MS;
+        for _ in 0..8 {
+            let ago = interval(&demoted);
+            demoted
+                .last_close_ms
+                .store(demoted.now_ms() - ago, Ordering::Relaxed);
+            assert!(demoted.close_due());
+            expected = (expected * 2).min(REOPEN_LONGEST_MS);
+            assert_eq!(interval(&demoted), expected);
+        }
+        assert_eq!(interval(&demoted), REOPEN_LONGEST_MS);
+        // Long after the last close, a new episode starts from the first wait.
+        demoted
+            .last_close_ms
+            .store(demoted.now_ms() - REOPEN_EPISODE_MS - 1, Ordering::Relaxed);
+        assert!(demoted.close_due());
+        assert_eq!(interval(&demoted), REOPEN_FIRST_MS);
     }
 }
