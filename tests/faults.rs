@@ -784,11 +784,13 @@ async fn f7_a_primary_demoted_to_replica_keeps_serving_reads_and_counts_refused_
         }
     }
     // Reads go on against the replica; the few that meet the store's reconnect (it reopens the
-    // connection at most once a second, to look for a new primary) bypass.
+    // connection at most once a second, to look for a new primary) bypass. The breaker never
+    // opens for them.
     assert!(replica_hits >= 15, "{replica_hits} of 20 reads hit");
     settle(&layer).await;
     let stats = layer.stats();
     assert!(stats.store_errors_by["readonly"] > 0, "{stats:?}");
+    assert_eq!(stats.breaker_opened, 0, "{stats:?}");
     assert_eq!(
         stats.stores, stores,
         "a write reached the replica: {stats:?}"
