@@ -744,6 +744,24 @@ fn replica_link_up(replica: &RedisServer) -> bool {
         .is_some_and(|text| String::from_utf8_lossy(text).contains("master_link_status:up"))
 }
 
+/// A failover the layer is not told about: `other` takes a copy of `primary` and becomes the
+/// primary, and `primary` is demoted to its replica.
+async fn fail_over(primary: &RedisServer, other: &RedisServer) {
+    let port = primary.port().to_string();
+    assert!(other.cmd_str(&["REPLICAOF", "127.0.0.1", &port]).is_ok());
+    assert!(
+        until(|| replica_link_up(other)).await,
+        "the copy never synced"
+    );
+    assert!(other.cmd_str(&["REPLICAOF", "NO", "ONE"]).is_ok());
+    let port = other.port().to_string();
+    assert!(primary.cmd_str(&["REPLICAOF", "127.0.0.1", &port]).is_ok());
+    assert!(
+        until(|| replica_link_up(primary)).await,
+        "the demotion never synced"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f7_a_primary_demoted_to_replica_keeps_serving_reads_and_counts_refused_writes() {
     let primary = RedisServer::start();
@@ -757,19 +775,7 @@ async fn f7_a_primary_demoted_to_replica_keeps_serving_reads_and_counts_refused_
 
     // The other server takes a copy and becomes the primary; the layer's server is demoted to
     // its replica, as in a failover the layer is not told about.
-    let port = primary.port().to_string();
-    assert!(other.cmd_str(&["REPLICAOF", "127.0.0.1", &port]).is_ok());
-    assert!(
-        until(|| replica_link_up(&other)).await,
-        "the copy never synced"
-    );
-    assert!(other.cmd_str(&["REPLICAOF", "NO", "ONE"]).is_ok());
-    let port = other.port().to_string();
-    assert!(primary.cmd_str(&["REPLICAOF", "127.0.0.1", &port]).is_ok());
-    assert!(
-        until(|| replica_link_up(&primary)).await,
-        "the demotion never synced"
-    );
+    fail_over(&primary, &other).await;
 
     let stores = layer.stats().stores;
     let mut replica_hits = 0;
@@ -817,19 +823,7 @@ async fn f7_behind_an_endpoint_that_moves_writes_resume_on_the_new_primary() {
 
     // The failover: the other server takes a copy and becomes the primary, the layer's server
     // is demoted, and the endpoint moves.
-    let port = primary.port().to_string();
-    assert!(other.cmd_str(&["REPLICAOF", "127.0.0.1", &port]).is_ok());
-    assert!(
-        until(|| replica_link_up(&other)).await,
-        "the copy never synced"
-    );
-    assert!(other.cmd_str(&["REPLICAOF", "NO", "ONE"]).is_ok());
-    let port = other.port().to_string();
-    assert!(primary.cmd_str(&["REPLICAOF", "127.0.0.1", &port]).is_ok());
-    assert!(
-        until(|| replica_link_up(&primary)).await,
-        "the demotion never synced"
-    );
+    fail_over(&primary, &other).await;
     endpoint.redirect(other.addr());
 
     // New paths: the first writes meet READONLY, then the store reconnects and they land.
