@@ -21,10 +21,7 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::{mpsc, Notify};
 
-use super::redis::{
-    classify, glob_escape, parse_generation, relay, subscribe, BUMP_GENERATION, FENCED_PUT,
-    TAG_ADD, UNLOCK,
-};
+use super::redis::{classify, command, glob_escape, parse_generation, relay, subscribe, TAG_ADD};
 use super::{Store, StoreError, StoreErrorKind, StoreFuture};
 use crate::Error;
 
@@ -615,18 +612,11 @@ impl Store for RedisClusterStore {
         generation_key: &'a str,
         generation: u64,
     ) -> StoreFuture<'a, bool> {
-        let seconds = ttl.as_secs().max(1);
         self.run(move |connection| async move {
-            let written: i64 = FENCED_PUT
-                .key(key)
-                .key(generation_key)
-                .arg(value.as_ref())
-                .arg(generation.to_string())
-                .arg(seconds)
-                .invoke_async(&mut OneSlot::new(connection, key))
+            let mut slot = OneSlot::new(connection, key);
+            command::fenced_put(&mut slot, key, generation_key, &value, generation, ttl)
                 .await
-                .map_err(|err| cluster_error(&err))?;
-            Ok(written == 1)
+                .map_err(|err| cluster_error(&err))
         })
     }
 
@@ -635,12 +625,9 @@ impl Store for RedisClusterStore {
         generation_key: &'a str,
         ttl: Duration,
     ) -> StoreFuture<'a, u64> {
-        let seconds = ttl.as_secs().max(1);
         self.run(move |connection| async move {
-            BUMP_GENERATION
-                .key(generation_key)
-                .arg(seconds)
-                .invoke_async(&mut OneSlot::new(connection, generation_key))
+            let mut slot = OneSlot::new(connection, generation_key);
+            command::bump_generation(&mut slot, generation_key, ttl)
                 .await
                 .map_err(|err| cluster_error(&err))
         })
@@ -652,40 +639,25 @@ impl Store for RedisClusterStore {
         token: &'a str,
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         self.run(move |mut connection| async move {
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(key)
-                .arg(token)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis)
-                .query_async(&mut connection)
+            command::try_lock(&mut connection, key, token, ttl)
                 .await
-                .map_err(|err| cluster_error(&err))?;
-            Ok(taken.is_some())
+                .map_err(|err| cluster_error(&err))
         })
     }
 
     fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
         self.run(move |connection| async move {
-            let deleted: i64 = UNLOCK
-                .key(key)
-                .arg(token)
-                .invoke_async(&mut OneSlot::new(connection, key))
+            command::unlock(&mut OneSlot::new(connection, key), key, token)
                 .await
-                .map_err(|err| cluster_error(&err))?;
-            Ok(deleted == 1)
+                .map_err(|err| cluster_error(&err))
         })
     }
 
     fn publish<'a>(&'a self, channel: &'a str, message: Bytes) -> StoreFuture<'a, ()> {
         // Classic pub/sub: the node that takes the message passes it to every other node.
         self.run(move |mut connection| async move {
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(message.as_ref())
-                .query_async::<()>(&mut connection)
+            command::publish(&mut connection, channel, &message)
                 .await
                 .map_err(|err| cluster_error(&err))
         })

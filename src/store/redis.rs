@@ -137,6 +137,93 @@ return 0
     )
 });
 
+/// The commands the Redis stores send, written once. Each store brings its connection (the
+/// cluster store one routed to the key's slot, so that scripts run there) and maps the errors
+/// its own way.
+pub(crate) mod command {
+    use std::time::Duration;
+
+    use redis::aio::ConnectionLike;
+    use redis::RedisResult;
+
+    use super::{BUMP_GENERATION, FENCED_PUT, UNLOCK};
+
+    /// Writes `value` under `key` for `ttl` if `generation_key` still holds `generation`.
+    pub(crate) async fn fenced_put<C: ConnectionLike + Send>(
+        connection: &mut C,
+        key: &str,
+        generation_key: &str,
+        value: &[u8],
+        generation: u64,
+        ttl: Duration,
+    ) -> RedisResult<bool> {
+        let written: i64 = FENCED_PUT
+            .key(key)
+            .key(generation_key)
+            .arg(value)
+            .arg(generation.to_string())
+            .arg(ttl.as_secs().max(1))
+            .invoke_async(connection)
+            .await?;
+        Ok(written == 1)
+    }
+
+    /// Adds one to the generation under `generation_key` (kept for `ttl`); the new value.
+    pub(crate) async fn bump_generation<C: ConnectionLike + Send>(
+        connection: &mut C,
+        generation_key: &str,
+        ttl: Duration,
+    ) -> RedisResult<u64> {
+        BUMP_GENERATION
+            .key(generation_key)
+            .arg(ttl.as_secs().max(1))
+            .invoke_async(connection)
+            .await
+    }
+
+    /// `SET key token NX PX ttl`: whether the lock was taken.
+    pub(crate) async fn try_lock<C: ConnectionLike + Send>(
+        connection: &mut C,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> RedisResult<bool> {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis)
+            .query_async(connection)
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    /// Deletes the lock under `key` if it still holds `token`: whether it did.
+    pub(crate) async fn unlock<C: ConnectionLike + Send>(
+        connection: &mut C,
+        key: &str,
+        token: &str,
+    ) -> RedisResult<bool> {
+        let deleted: i64 = UNLOCK.key(key).arg(token).invoke_async(connection).await?;
+        Ok(deleted == 1)
+    }
+
+    /// `PUBLISH channel message`.
+    pub(crate) async fn publish<C: ConnectionLike + Send>(
+        connection: &mut C,
+        channel: &str,
+        message: &[u8],
+    ) -> RedisResult<()> {
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(message)
+            .query_async(connection)
+            .await
+    }
+}
+
 impl RedisStore {
     /// A store on the server at `url` (`redis://[user:password@]host:port/db`).
     ///
@@ -397,18 +484,17 @@ impl Store for RedisStore {
         generation: u64,
     ) -> StoreFuture<'a, bool> {
         let mut connection = self.connection.clone();
-        let seconds = ttl.as_secs().max(1);
         Box::pin(async move {
-            let written: i64 = FENCED_PUT
-                .key(key)
-                .key(generation_key)
-                .arg(value.as_ref())
-                .arg(generation.to_string())
-                .arg(seconds)
-                .invoke_async(&mut connection)
-                .await
-                .map_err(|err| self.failed(&err))?;
-            Ok(written == 1)
+            command::fenced_put(
+                &mut connection,
+                key,
+                generation_key,
+                &value,
+                generation,
+                ttl,
+            )
+            .await
+            .map_err(|err| self.failed(&err))
         })
     }
 
@@ -418,15 +504,10 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, u64> {
         let mut connection = self.connection.clone();
-        let seconds = ttl.as_secs().max(1);
         Box::pin(async move {
-            let next: u64 = BUMP_GENERATION
-                .key(generation_key)
-                .arg(seconds)
-                .invoke_async(&mut connection)
+            command::bump_generation(&mut connection, generation_key, ttl)
                 .await
-                .map_err(|err| self.failed(&err))?;
-            Ok(next)
+                .map_err(|err| self.failed(&err))
         })
     }
 
@@ -437,41 +518,26 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         let mut connection = self.connection.clone();
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         Box::pin(async move {
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(key)
-                .arg(token)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis)
-                .query_async(&mut connection)
+            command::try_lock(&mut connection, key, token, ttl)
                 .await
-                .map_err(|err| self.failed(&err))?;
-            Ok(taken.is_some())
+                .map_err(|err| self.failed(&err))
         })
     }
 
     fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
         let mut connection = self.connection.clone();
         Box::pin(async move {
-            let deleted: i64 = UNLOCK
-                .key(key)
-                .arg(token)
-                .invoke_async(&mut connection)
+            command::unlock(&mut connection, key, token)
                 .await
-                .map_err(|err| self.failed(&err))?;
-            Ok(deleted == 1)
+                .map_err(|err| self.failed(&err))
         })
     }
 
     fn publish<'a>(&'a self, channel: &'a str, message: Bytes) -> StoreFuture<'a, ()> {
         let mut connection = self.connection.clone();
         Box::pin(async move {
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(message.as_ref())
-                .query_async::<()>(&mut connection)
+            command::publish(&mut connection, channel, &message)
                 .await
                 .map_err(|err| self.failed(&err))
         })
