@@ -23,12 +23,11 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use super::redis_server::Reply;
+use super::redis_server::{create_temp_dir, Reply, TempDir};
 
 const SERVER: &str = "redis-server";
 const CLI: &str = "redis-cli";
@@ -74,16 +73,6 @@ pub struct RedisCluster {
     dir: TempDir,
 }
 
-/// A directory that is removed, with its contents, when dropped.
-#[derive(Debug)]
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 impl RedisCluster {
     /// Starts six nodes, forms the cluster (one replica per primary) and waits until every
     /// node reports `cluster_state:ok`.
@@ -110,7 +99,7 @@ impl RedisCluster {
         check_installed(CLI);
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            let dir = create_temp_dir();
+            let dir = create_temp_dir("cluster");
             let started = {
                 let _guard = STARTING.lock().unwrap_or_else(PoisonError::into_inner);
                 start_nodes(&dir.0, tls)
@@ -878,31 +867,6 @@ fn log_tail(dir: &Path, port: u16) -> String {
     }
 }
 
-fn create_temp_dir() -> TempDir {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let base = std::env::temp_dir();
-    let mut last_error = None;
-    for _ in 0..100 {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = base.join(format!(
-            "redis-test-cluster-{}-{n}-{nanos}",
-            std::process::id()
-        ));
-        match fs::create_dir(&dir) {
-            Ok(()) => return TempDir(dir),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    panic!(
-        "could not create a temporary directory for the cluster under {}: {last_error:?}",
-        base.display()
-    );
-}
-
 fn reap(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -999,7 +963,7 @@ impl TestCertificates {
     ///
     /// If `openssl` is not on `PATH` or fails.
     pub fn generate() -> TestCertificates {
-        let dir = create_temp_dir();
+        let dir = create_temp_dir("cluster");
         let run = |args: &[&str]| {
             let output = Command::new("openssl")
                 .args(args)

@@ -15,14 +15,12 @@
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io;
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use super::redis_server::RedisServer;
+use super::redis_server::{create_temp_dir, free_port, RedisServer, TempDir};
 
 /// The name the sentinels know the master set by.
 pub const MASTER: &str = "mymaster";
@@ -78,7 +76,7 @@ impl RedisSentinelSet {
         let primary = RedisServer::start();
         let primary_port = primary.port().to_string();
         let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary_port]);
-        let dir = create_temp_dir();
+        let dir = create_temp_dir("sentinel");
         let mut sentinels = Vec::with_capacity(SENTINELS);
         for index in 0..SENTINELS {
             sentinels.push(start_sentinel(&dir.0, index, primary.port()));
@@ -351,45 +349,4 @@ fn start_sentinel(dir: &Path, index: usize, primary_port: u16) -> SentinelProces
         }
     }
     panic!("could not start a sentinel: {}", failures.join("; "));
-}
-
-/// Reserves a free loopback port by binding port 0 and releasing it.
-fn free_port() -> io::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// A directory that is removed, with its contents, when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Creates a fresh, uniquely named directory under the system temp dir.
-fn create_temp_dir() -> TempDir {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let base = std::env::temp_dir();
-    let mut last_error = None;
-    for _ in 0..100 {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = base.join(format!(
-            "redis-test-sentinel-{}-{n}-{nanos}",
-            std::process::id()
-        ));
-        match fs::create_dir(&dir) {
-            Ok(()) => return TempDir(dir),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    panic!(
-        "could not create a temporary directory for the sentinels under {}: {last_error:?}",
-        base.display()
-    );
 }

@@ -131,7 +131,7 @@ pub struct RedisServer {
 /// A directory that is removed, with its contents, when dropped (also when a
 /// panic unwinds out of startup).
 #[derive(Debug)]
-struct TempDir(PathBuf);
+pub struct TempDir(pub PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -162,7 +162,7 @@ impl RedisServer {
     /// If `redis-server` is not on `PATH`, or no server came up.
     pub fn start_with(args: &[&str]) -> RedisServer {
         let extra_args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let dir = create_temp_dir();
+        let dir = create_temp_dir("server");
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
             let port = match free_port() {
@@ -450,13 +450,14 @@ enum Ready {
 }
 
 /// Reserves a free loopback port by binding port 0 and releasing it.
-fn free_port() -> io::Result<u16> {
+pub fn free_port() -> io::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
 }
 
-/// Creates a fresh, uniquely named directory under the system temp dir.
-fn create_temp_dir() -> TempDir {
+/// Creates a fresh, uniquely named directory for `what` (`server`, `cluster`, ...) under the
+/// system temp dir.
+pub fn create_temp_dir(what: &str) -> TempDir {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let base = std::env::temp_dir();
     let mut last_error = None;
@@ -467,7 +468,7 @@ fn create_temp_dir() -> TempDir {
             .unwrap_or(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = base.join(format!(
-            "redis-test-server-{}-{n}-{nanos}",
+            "redis-test-{what}-{}-{n}-{nanos}",
             std::process::id()
         ));
         match fs::create_dir(&dir) {
@@ -476,7 +477,7 @@ fn create_temp_dir() -> TempDir {
         }
     }
     panic!(
-        "could not create a temporary directory for redis-server under {}: {last_error:?}",
+        "could not create a temporary directory for the {what} under {}: {last_error:?}",
         base.display()
     );
 }
