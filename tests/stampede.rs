@@ -1608,3 +1608,124 @@ async fn a_lost_fill_event_does_not_send_the_waiting_followers_to_the_origin() {
             .collect::<BTreeSet<_>>()
     );
 }
+
+/// A Redis store whose lock attempts wait until the test lets them through, so that another
+/// instance can fill the key between this instance's read and its lock; everything goes to Redis.
+#[derive(Debug)]
+struct HeldLockAttempts {
+    redis: RedisStore,
+    waiting: Arc<AtomicU64>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl Store for HeldLockAttempts {
+    fn name(&self) -> &'static str {
+        "redis with held lock attempts"
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        self.redis.get(key)
+    }
+
+    fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        self.redis.put(key, value, ttl)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        self.redis.delete(key)
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.redis.ping()
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn get_with_generation<'a>(
+        &'a self,
+        key: &'a str,
+        generation_key: &'a str,
+    ) -> StoreFuture<'a, (Option<Bytes>, u64)> {
+        self.redis.get_with_generation(key, generation_key)
+    }
+
+    fn put_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        generation_key: &'a str,
+        generation: u64,
+    ) -> StoreFuture<'a, bool> {
+        self.redis
+            .put_fenced(key, value, ttl, generation_key, generation)
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            if let Ok(permit) = self.release.acquire().await {
+                permit.forget();
+            }
+            self.redis.try_lock(key, token, ttl).await
+        })
+    }
+
+    fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
+        self.redis.unlock(key, token)
+    }
+}
+
+/// Instance B reads a miss; before its lock attempt reaches Redis, instance A fills the key and
+/// releases the lock. B then wins the lock, but reads the store once more and answers from A's
+/// entry instead of calling the origin a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_won_after_another_instance_filled_the_key_answers_from_the_entry() {
+    let redis = RedisServer::start();
+    let a = redis_layer(&redis);
+    let waiting = Arc::new(AtomicU64::new(0));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let b = CacheLayer::new(HeldLockAttempts {
+        redis: RedisStore::from_url(&redis.url()).unwrap(),
+        waiting: Arc::clone(&waiting),
+        release: Arc::clone(&release),
+    })
+    .jitter(0.0)
+    .secret(SECRET)
+    .read_deadline(Duration::from_secs(2))
+    .write_deadline(Duration::from_secs(2));
+    let origin = Origin::new();
+    let (service_a, service_b) = (stack(&a, &origin), stack(&b, &origin));
+
+    let (from_a, from_b) = no_hang(async {
+        // B has read its miss and holds at its lock attempt.
+        let late = tokio::spawn(fetch(&service_b, "/late-lock"));
+        assert!(wait_until(|| waiting.load(Ordering::SeqCst) == 1).await);
+        // A fills the key and lets its lock go.
+        let from_a = fetch(&service_a, "/late-lock").await;
+        assert!(wait_until(|| a.stats().stores == 1).await);
+        assert!(wait_until(|| redis.keys("trc:*:l:*").is_empty()).await);
+        release.add_permits(1);
+        (from_a, late.await.unwrap())
+    })
+    .await;
+
+    assert_eq!(from_a.status, StatusCode::OK);
+    assert_eq!(from_b.status, StatusCode::OK);
+    assert_eq!(
+        origin.calls(),
+        1,
+        "B called the origin: {}",
+        from_b.cache_status()
+    );
+    assert_eq!(from_b.body, from_a.body);
+    assert_eq!(b.stats().locks_acquired, 1);
+    assert_eq!(b.stats().collapsed, 1);
+}
