@@ -1500,127 +1500,28 @@ async fn a_lock_left_by_a_dead_instance_holds_requests_only_until_the_lock_wait(
 /// A Redis store whose fill events never reach anybody (as when they are published while the
 /// other instances' subscriptions are reconnecting after a Redis restart); everything else,
 /// fill locks included, goes to Redis.
+///
+/// With `held_locks`, its lock attempts also wait for a permit of the semaphore (counting
+/// themselves in the counter while they wait), so that a test can let another instance fill a
+/// key between this instance's read and its lock.
 #[derive(Debug)]
-struct LostEvents(RedisStore);
+struct LostEvents {
+    redis: RedisStore,
+    held_locks: Option<(Arc<AtomicU64>, Arc<tokio::sync::Semaphore>)>,
+}
+
+impl LostEvents {
+    fn new(redis: &RedisServer) -> Self {
+        LostEvents {
+            redis: RedisStore::from_url(&redis.url()).unwrap(),
+            held_locks: None,
+        }
+    }
+}
 
 impl Store for LostEvents {
     fn name(&self) -> &'static str {
         "redis without events"
-    }
-
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        self.0.get(key)
-    }
-
-    fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
-        self.0.put(key, value, ttl)
-    }
-
-    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
-        self.0.delete(key)
-    }
-
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        self.0.ping()
-    }
-
-    fn is_shared(&self) -> bool {
-        true
-    }
-
-    fn get_with_generation<'a>(
-        &'a self,
-        key: &'a str,
-        generation_key: &'a str,
-    ) -> StoreFuture<'a, (Option<Bytes>, u64)> {
-        self.0.get_with_generation(key, generation_key)
-    }
-
-    fn put_fenced<'a>(
-        &'a self,
-        key: &'a str,
-        value: Bytes,
-        ttl: Duration,
-        generation_key: &'a str,
-        generation: u64,
-    ) -> StoreFuture<'a, bool> {
-        self.0
-            .put_fenced(key, value, ttl, generation_key, generation)
-    }
-
-    fn try_lock<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> StoreFuture<'a, bool> {
-        self.0.try_lock(key, token, ttl)
-    }
-
-    fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
-        self.0.unlock(key, token)
-    }
-}
-
-/// Instance A fills a key under the shared lock, but its fill event is lost. Instance B's
-/// requests wait on the lock; when B's wait ends the entry has long been in Redis, so at most
-/// one more origin call (one per instance, RELIABILITY F5/L2) may happen.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_fill_event_does_not_send_the_waiting_followers_to_the_origin() {
-    const N: usize = 20;
-    let redis = RedisServer::start();
-    let a = CacheLayer::new(LostEvents(RedisStore::from_url(&redis.url()).unwrap()))
-        .jitter(0.0)
-        .secret(SECRET)
-        .read_deadline(Duration::from_secs(2))
-        .write_deadline(Duration::from_secs(2));
-    let b = redis_layer(&redis).lock_wait(Duration::from_millis(1000));
-    let origin = Origin::new();
-    origin.set_delay(Duration::from_millis(300));
-    let (service_a, service_b) = (stack(&a, &origin), stack(&b, &origin));
-
-    let got = no_hang(async {
-        let filling = tokio::spawn(fetch(&service_a, "/lost-event"));
-        assert!(wait_until(|| origin.calls() == 1).await);
-        let waiting: Vec<_> = (0..N)
-            .map(|_| tokio::spawn(fetch(&service_b, "/lost-event")))
-            .collect();
-        let filled = filling.await.unwrap();
-        assert!(wait_until(|| a.stats().stores == 1).await);
-        let mut got = vec![filled];
-        for request in waiting {
-            got.push(request.await.unwrap());
-        }
-        got
-    })
-    .await;
-
-    assert!(got.iter().all(|g| g.status == StatusCode::OK));
-    assert_eq!(b.stats().locks_waited, 1);
-    assert!(
-        origin.calls() <= 2,
-        "{} origin calls for one key on two instances, although the entry was stored while \
-         instance B waited; B's Cache-Status values: {:?}",
-        origin.calls(),
-        got.iter()
-            .skip(1)
-            .map(Got::cache_status)
-            .collect::<BTreeSet<_>>()
-    );
-}
-
-/// A Redis store whose lock attempts wait until the test lets them through, so that another
-/// instance can fill the key between this instance's read and its lock; everything goes to Redis.
-#[derive(Debug)]
-struct HeldLockAttempts {
-    redis: RedisStore,
-    waiting: Arc<AtomicU64>,
-    release: Arc<tokio::sync::Semaphore>,
-}
-
-impl Store for HeldLockAttempts {
-    fn name(&self) -> &'static str {
-        "redis with held lock attempts"
     }
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
@@ -1670,9 +1571,11 @@ impl Store for HeldLockAttempts {
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            if let Ok(permit) = self.release.acquire().await {
-                permit.forget();
+            if let Some((waiting, release)) = &self.held_locks {
+                waiting.fetch_add(1, Ordering::SeqCst);
+                if let Ok(permit) = release.acquire().await {
+                    permit.forget();
+                }
             }
             self.redis.try_lock(key, token, ttl).await
         })
@@ -1681,6 +1584,53 @@ impl Store for HeldLockAttempts {
     fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
         self.redis.unlock(key, token)
     }
+}
+
+/// Instance A fills a key under the shared lock, but its fill event is lost. Instance B's
+/// requests wait on the lock; when B's wait ends the entry has long been in Redis, so at most
+/// one more origin call (one per instance, RELIABILITY F5/L2) may happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_fill_event_does_not_send_the_waiting_followers_to_the_origin() {
+    const N: usize = 20;
+    let redis = RedisServer::start();
+    let a = CacheLayer::new(LostEvents::new(&redis))
+        .jitter(0.0)
+        .secret(SECRET)
+        .read_deadline(Duration::from_secs(2))
+        .write_deadline(Duration::from_secs(2));
+    let b = redis_layer(&redis).lock_wait(Duration::from_millis(1000));
+    let origin = Origin::new();
+    origin.set_delay(Duration::from_millis(300));
+    let (service_a, service_b) = (stack(&a, &origin), stack(&b, &origin));
+
+    let got = no_hang(async {
+        let filling = tokio::spawn(fetch(&service_a, "/lost-event"));
+        assert!(wait_until(|| origin.calls() == 1).await);
+        let waiting: Vec<_> = (0..N)
+            .map(|_| tokio::spawn(fetch(&service_b, "/lost-event")))
+            .collect();
+        let filled = filling.await.unwrap();
+        assert!(wait_until(|| a.stats().stores == 1).await);
+        let mut got = vec![filled];
+        for request in waiting {
+            got.push(request.await.unwrap());
+        }
+        got
+    })
+    .await;
+
+    assert!(got.iter().all(|g| g.status == StatusCode::OK));
+    assert_eq!(b.stats().locks_waited, 1);
+    assert!(
+        origin.calls() <= 2,
+        "{} origin calls for one key on two instances, although the entry was stored while \
+         instance B waited; B's Cache-Status values: {:?}",
+        origin.calls(),
+        got.iter()
+            .skip(1)
+            .map(Got::cache_status)
+            .collect::<BTreeSet<_>>()
+    );
 }
 
 /// Instance B reads a miss; before its lock attempt reaches Redis, instance A fills the key and
@@ -1692,10 +1642,9 @@ async fn a_lock_won_after_another_instance_filled_the_key_answers_from_the_entry
     let a = redis_layer(&redis);
     let waiting = Arc::new(AtomicU64::new(0));
     let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let b = CacheLayer::new(HeldLockAttempts {
-        redis: RedisStore::from_url(&redis.url()).unwrap(),
-        waiting: Arc::clone(&waiting),
-        release: Arc::clone(&release),
+    let b = CacheLayer::new(LostEvents {
+        held_locks: Some((Arc::clone(&waiting), Arc::clone(&release))),
+        ..LostEvents::new(&redis)
     })
     .jitter(0.0)
     .secret(SECRET)
